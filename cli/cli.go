@@ -1,0 +1,404 @@
+// Package cli implements the operator's client commands of the regent binary (status, members,
+// cluster, channels, events, watch): it parses their flags, calls a witness's gRPC API and
+// prints the answer as a table for people or as protojson for scripts.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+)
+
+// Exit codes returned by Run.
+const (
+	// ExitOK means the command succeeded.
+	ExitOK = 0
+	// ExitError means the server answered with an error, or I/O (dialing, reading a spec
+	// file, writing output) failed.
+	ExitError = 1
+	// ExitUsage means the command line was wrong: unknown command or flag, missing or extra
+	// arguments, a bad flag value.
+	ExitUsage = 2
+)
+
+// DefaultAddr is the agent address used when neither --addr nor $REGENT_ADDR is set.
+const DefaultAddr = "127.0.0.1:7103"
+
+// AddrEnv names the environment variable that sets the default for --addr.
+const AddrEnv = "REGENT_ADDR"
+
+// DefaultTimeout is the default per-request deadline (--timeout).
+const DefaultTimeout = 10 * time.Second
+
+// Command describes one top-level client command, for dispatch and help.
+type Command struct {
+	// Name is the word that selects the command, e.g. "cluster".
+	Name string
+	// Usages are its synopsis lines without the leading "regent ", e.g. "cluster apply -f FILE".
+	Usages []string
+	// Summary is a one-line description.
+	Summary string
+}
+
+// command is a Command plus its implementation.
+type command struct {
+	Command
+	run func(r *runner, args []string) error
+}
+
+// commands is the dispatch table, in the order help lists them.
+var commands = []command{
+	{Command{"status", []string{"status"},
+		"leader, members, clusters with their nodes, channels and recent failovers"}, (*runner).status},
+	{Command{"members", []string{"members", "members remove NAME"},
+		"list the witnesses, or remove one from the Raft configuration"}, (*runner).members},
+	{Command{"cluster", []string{"cluster apply -f FILE", "cluster list", "cluster delete NAME"},
+		"create or update a cluster from a YAML spec, list clusters, delete one"}, (*runner).cluster},
+	{Command{"channels", []string{"channels [--cluster C]"},
+		"replication channels with their status and lag"}, (*runner).channels},
+	{Command{"events", []string{"events [--cluster C]"},
+		"failover events: who, when, which step, data lost"}, (*runner).events},
+	{Command{"watch", []string{"watch [--from N]"},
+		"follow state changes as they are committed (Ctrl-C to stop)"}, (*runner).watch},
+}
+
+// Commands returns the client commands Run handles, in help order. A caller dispatching on the
+// first word of the command line should look it up with Subcommand, since global flags may
+// precede it.
+func Commands() []Command {
+	out := make([]Command, len(commands))
+	for i, c := range commands {
+		out[i] = c.Command
+		out[i].Usages = append([]string(nil), c.Usages...)
+	}
+	return out
+}
+
+func lookup(name string) *command {
+	for i := range commands {
+		if commands[i].Name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// Subcommand returns the command word of args (os.Args[1:]) after any leading global flags,
+// or "" when there is none. For example Subcommand([]string{"--addr", "h:1", "status"}) is
+// "status". It does not validate anything; Run does.
+func Subcommand(args []string) string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			if i+1 < len(args) {
+				return args[i+1]
+			}
+			return ""
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			return a
+		}
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		switch name {
+		case "addr", "o", "output", "timeout":
+			i++ // the flag's value is the next argument
+		}
+	}
+	return ""
+}
+
+// Usage writes the help text of the client commands and the global flags to w.
+func Usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: regent [global flags] <command> [flags] [args]\n\nOperator commands (gRPC client of a regent agent):\n")
+	for _, c := range commands {
+		for i, u := range c.Usages {
+			summary := ""
+			if i == 0 {
+				summary = c.Summary
+			}
+			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-26s %s", u, summary), " "))
+		}
+	}
+	fmt.Fprint(w, globalHelp)
+}
+
+const globalHelp = `
+Global flags (before or after the command):
+  --addr HOST:PORT    agent gRPC address (default $REGENT_ADDR, else ` + DefaultAddr + `)
+  -o table|json       output format (default table); json is protojson with proto field names
+  --timeout DURATION  per-request deadline (default 10s)
+  --consistent        linearizable reads: answered by the leader at its commit index
+`
+
+// Run runs one client command. args is os.Args[1:]: optional global flags, then the command
+// word and its arguments. It writes results to stdout and diagnostics to stderr and returns
+// ExitOK, ExitError or ExitUsage. Cancelling ctx ends a running watch cleanly.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runWith(ctx, args, stdout, stderr, os.Getenv, time.Now)
+}
+
+// globals are the flags accepted before and after the command word.
+type globals struct {
+	addr       string
+	output     string
+	timeout    time.Duration
+	consistent bool
+}
+
+// runner carries one invocation's settings and connection.
+type runner struct {
+	g      globals
+	stdout io.Writer
+	stderr io.Writer
+	now    func() time.Time
+	ctx    context.Context
+	cmd    *command
+
+	conn   *grpc.ClientConn
+	client regentv1.RegentClient
+}
+
+// errHelp reports that -h was asked for and help has been printed.
+var errHelp = errors.New("help requested")
+
+// usageError is a mistake on the command line.
+type usageError struct {
+	msg string
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...)}
+}
+
+func runWith(ctx context.Context, args []string, stdout, stderr io.Writer,
+	getenv func(string) string, now func() time.Time) int {
+	r := &runner{stdout: stdout, stderr: stderr, now: now, ctx: ctx}
+	r.g.addr = getenv(AddrEnv)
+	if r.g.addr == "" {
+		r.g.addr = DefaultAddr
+	}
+	r.g.output = "table"
+	r.g.timeout = DefaultTimeout
+
+	err := r.dispatch(args)
+	if r.conn != nil {
+		_ = r.conn.Close()
+	}
+	return r.report(err)
+}
+
+func (r *runner) dispatch(args []string) error {
+	fs := r.flagSet("regent")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			Usage(r.stdout)
+			return errHelp
+		}
+		return &usageError{msg: err.Error()}
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return usagef("no command given")
+	}
+	name := rest[0]
+	if name == "help" {
+		if len(rest) > 1 {
+			if c := lookup(rest[1]); c != nil {
+				r.cmd = c
+				r.commandHelp(r.stdout, nil)
+				return errHelp
+			}
+			return usagef("unknown command %q", rest[1])
+		}
+		Usage(r.stdout)
+		return errHelp
+	}
+	c := lookup(name)
+	if c == nil {
+		return usagef("unknown command %q", name)
+	}
+	r.cmd = c
+	return c.run(r, rest[1:])
+}
+
+// report prints err the way its kind asks for and returns the exit code.
+func (r *runner) report(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	if errors.Is(err, errHelp) {
+		return ExitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(r.stderr, "regent: %s\n", ue.msg)
+		if r.cmd != nil {
+			for _, u := range r.cmd.Usages {
+				fmt.Fprintf(r.stderr, "usage: regent %s\n", u)
+			}
+			fmt.Fprintf(r.stderr, "Run 'regent help %s' for its flags.\n", r.cmd.Name)
+		} else {
+			fmt.Fprintf(r.stderr, "Run 'regent help' for the list of commands.\n")
+		}
+		return ExitUsage
+	}
+	var re *rpcError
+	if errors.As(err, &re) {
+		re.print(r.stderr)
+		return ExitError
+	}
+	// Other errors may span lines (a spec file with several problems): prefix each one.
+	for _, line := range strings.Split(strings.TrimRight(err.Error(), "\n"), "\n") {
+		fmt.Fprintf(r.stderr, "regent: %s\n", line)
+	}
+	return ExitError
+}
+
+// flagSet returns a FlagSet with the global flags bound to r.g, their defaults being the
+// values already set (so flags given before the command word survive a second parse).
+func (r *runner) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&r.g.addr, "addr", r.g.addr, "agent gRPC `HOST:PORT`")
+	fs.StringVar(&r.g.output, "o", r.g.output, "output `format`: table or json")
+	fs.StringVar(&r.g.output, "output", r.g.output, "same as -o")
+	fs.DurationVar(&r.g.timeout, "timeout", r.g.timeout, "per-request `deadline`")
+	fs.BoolVar(&r.g.consistent, "consistent", r.g.consistent, "linearizable reads, answered by the leader")
+	return fs
+}
+
+// parse parses a command's flags, accepting them before, between and after positional
+// arguments ("--" ends flags), then checks the global flags. It returns the positional
+// arguments.
+func (r *runner) parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				r.commandHelp(r.stdout, fs)
+				return nil, errHelp
+			}
+			return nil, &usageError{msg: err.Error()}
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, r.checkGlobals()
+}
+
+func (r *runner) checkGlobals() error {
+	switch r.g.output {
+	case "table", "json":
+	default:
+		return usagef("-o %q: want table or json", r.g.output)
+	}
+	if r.g.timeout <= 0 {
+		return usagef("--timeout %s: must be positive", r.g.timeout)
+	}
+	if r.g.addr == "" {
+		return usagef("--addr is empty")
+	}
+	if !strings.Contains(r.g.addr, "/") { // a plain HOST:PORT, not a gRPC target URI
+		if _, port, err := net.SplitHostPort(r.g.addr); err != nil || port == "" {
+			return usagef("--addr %q: want HOST:PORT", r.g.addr)
+		}
+	}
+	return nil
+}
+
+// commandHelp prints the current command's synopsis, its own flags (from fs when given) and
+// the global flags.
+func (r *runner) commandHelp(w io.Writer, fs *flag.FlagSet) {
+	for _, u := range r.cmd.Usages {
+		fmt.Fprintf(w, "Usage: regent %s\n", u)
+	}
+	fmt.Fprintf(w, "\n%s.\n", r.cmd.Summary)
+	if fs == nil {
+		fs = r.flagSet(r.cmd.Name)
+		r.cmdFlags(fs)
+	}
+	first := true
+	fs.VisitAll(func(f *flag.Flag) {
+		if globalFlags[f.Name] {
+			return
+		}
+		if first {
+			fmt.Fprintf(w, "\nFlags:\n")
+			first = false
+		}
+		arg, usage := flag.UnquoteUsage(f)
+		dashes := "--"
+		if len(f.Name) == 1 {
+			dashes = "-"
+		}
+		fmt.Fprintf(w, "  %-19s %s\n", dashes+f.Name+" "+arg, usage)
+	})
+	fmt.Fprint(w, globalHelp)
+}
+
+// globalFlags are the names flagSet registers on every FlagSet.
+var globalFlags = map[string]bool{"addr": true, "o": true, "output": true, "timeout": true, "consistent": true}
+
+// cmdFlags registers the command-specific flags of r.cmd on fs, for help only.
+func (r *runner) cmdFlags(fs *flag.FlagSet) {
+	switch r.cmd.Name {
+	case "cluster":
+		fs.String("f", "", "cluster spec `FILE` (YAML), for cluster apply")
+	case "channels", "events":
+		fs.String("cluster", "", "only this `cluster`")
+	case "watch":
+		fs.Uint64("from", 0, "send changes after this Raft `index`; 0 starts with a snapshot")
+	}
+}
+
+// dial connects the client lazily, after the command line has been checked.
+//
+// The connection is plaintext for now.
+func (r *runner) dial() (regentv1.RegentClient, error) {
+	if r.client != nil {
+		return r.client, nil
+	}
+	conn, err := grpc.NewClient(r.g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", r.g.addr, err)
+	}
+	r.conn = conn
+	r.client = regentv1.NewRegentClient(conn)
+	return r.client, nil
+}
+
+// callCtx returns the context for one unary request, bounded by --timeout.
+func (r *runner) callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.ctx, r.g.timeout)
+}
+
+func (r *runner) readOptions() *regentv1.ReadOptions {
+	return &regentv1.ReadOptions{Consistent: r.g.consistent}
+}
+
+func (r *runner) json() bool { return r.g.output == "json" }
