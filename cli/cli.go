@@ -51,26 +51,40 @@ type Command struct {
 	Summary string
 }
 
-// command is a Command plus its implementation.
+// command is a Command plus its implementation and one help line per usage line.
 type command struct {
 	Command
-	run func(r *runner, args []string) error
+	run   func(r *runner, args []string) error
+	lines []string
 }
 
 // commands is the dispatch table, in the order help lists them.
 var commands = []command{
 	{Command{"status", []string{"status"},
-		"leader, members, clusters with their nodes, channels and recent failovers"}, (*runner).status},
+		"leader, members, clusters with their nodes, channels and recent failovers"},
+		(*runner).status, nil},
 	{Command{"members", []string{"members", "members remove NAME"},
-		"list the witnesses, or remove one from the Raft configuration"}, (*runner).members},
+		"list the witnesses, or remove one from the Raft configuration"},
+		(*runner).members, []string{
+			"witnesses with their region, Raft role, voter flag and gossip health",
+			"remove a witness from the Raft configuration and the member table",
+		}},
 	{Command{"cluster", []string{"cluster apply -f FILE", "cluster list", "cluster delete NAME"},
-		"create or update a cluster from a YAML spec, list clusters, delete one"}, (*runner).cluster},
+		"create or update a cluster from a YAML spec, list clusters, delete one"},
+		(*runner).cluster, []string{
+			"create or update a cluster from a YAML spec (checked locally first)",
+			"clusters with their primary, node count, spec version and paused flag",
+			"remove a cluster from regent",
+		}},
 	{Command{"channels", []string{"channels [--cluster C]"},
-		"replication channels with their status and lag"}, (*runner).channels},
+		"replication channels with their status and lag"},
+		(*runner).channels, nil},
 	{Command{"events", []string{"events [--cluster C]"},
-		"failover events: who, when, which step, data lost"}, (*runner).events},
+		"failover events: from where to where, when, which step, data lost"},
+		(*runner).events, nil},
 	{Command{"watch", []string{"watch [--from N]"},
-		"follow state changes as they are committed (Ctrl-C to stop)"}, (*runner).watch},
+		"follow state changes as they are committed (Ctrl-C to stop)"},
+		(*runner).watch, nil},
 }
 
 // Commands returns the client commands Run handles, in help order. A caller dispatching on the
@@ -126,9 +140,9 @@ func Usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: regent [global flags] <command> [flags] [args]\n\nOperator commands (gRPC client of a regent agent):\n")
 	for _, c := range commands {
 		for i, u := range c.Usages {
-			summary := ""
-			if i == 0 {
-				summary = c.Summary
+			summary := c.Summary
+			if i < len(c.lines) {
+				summary = c.lines[i]
 			}
 			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-26s %s", u, summary), " "))
 		}

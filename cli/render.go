@@ -135,8 +135,11 @@ func formatDuration(d time.Duration) string {
 
 // formatSeconds prints a lag in seconds as a duration.
 func formatSeconds(s float64) string {
-	if math.IsNaN(s) || math.IsInf(s, 0) {
+	switch {
+	case math.IsNaN(s) || math.IsInf(s, 0):
 		return "-"
+	case s == 0:
+		return "0s"
 	}
 	return formatDuration(time.Duration(s * float64(time.Second)))
 }
@@ -152,6 +155,8 @@ func age(ts *timestamppb.Timestamp, now time.Time) string {
 		return "in " + formatDuration(d) // a clock ahead of ours
 	case d < time.Second:
 		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
 	default:
 		return formatDuration(d.Truncate(time.Second)) + " ago"
 	}
