@@ -1,0 +1,319 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DefaultTimeout is the probe timeout when Options.Timeout is 0.
+const DefaultTimeout = 400 * time.Millisecond
+
+// DefaultApplicationName is the application_name probes connect with.
+const DefaultApplicationName = "regent-probe"
+
+// ErrClosed is returned (in Result.Err, class ClassOther) by a Prober that
+// has been closed.
+var ErrClosed = errors.New("probe: prober is closed")
+
+// Options configure a Prober.
+type Options struct {
+	// Timeout bounds each probe, connecting included; default
+	// DefaultTimeout.
+	Timeout time.Duration
+	// ApplicationName is sent to the server; default
+	// DefaultApplicationName.
+	ApplicationName string
+	// Logger receives debug messages about connections; default none.
+	Logger *slog.Logger
+}
+
+// Prober probes PostgreSQL nodes. It keeps one connection per target (by
+// Target.Key) and reconnects when it breaks or the target's connection
+// parameters change. Probe is safe for concurrent use; probes of different
+// targets run in parallel, probes of one target one at a time.
+type Prober struct {
+	timeout time.Duration
+	appName string
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	slots  map[string]*slot
+	closed bool
+}
+
+// slot holds the kept connection of one target. sem (capacity 1) is held
+// by whoever uses conn.
+type slot struct {
+	sem    chan struct{}
+	conn   *pgx.Conn
+	params string // fingerprint of the parameters conn was opened with
+	major  int    // server major version of conn
+	gone   bool   // removed from the Prober: do not keep a connection
+}
+
+// NewProber returns a Prober. Close it to close its connections.
+func NewProber(opts Options) *Prober {
+	p := &Prober{
+		timeout: opts.Timeout,
+		appName: opts.ApplicationName,
+		log:     opts.Logger,
+		slots:   make(map[string]*slot),
+	}
+	if p.timeout <= 0 {
+		p.timeout = DefaultTimeout
+	}
+	if p.appName == "" {
+		p.appName = DefaultApplicationName
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	return p
+}
+
+// Timeout returns the per-probe timeout.
+func (p *Prober) Timeout() time.Duration { return p.timeout }
+
+// probeQuery reads everything a Result needs in one round trip; it works on
+// a primary and on a standby (PostgreSQL 14 or later).
+const probeQuery = `WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec)
+SELECT r.rec,
+  CASE WHEN NOT r.rec THEN pg_current_wal_lsn()::text END,
+  pg_last_wal_receive_lsn()::text,
+  pg_last_wal_replay_lsn()::text,
+  (SELECT system_identifier FROM pg_control_system()),
+  CASE WHEN NOT r.rec THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
+       ELSE coalesce(w.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))::bigint END,
+  coalesce(w.status, ''),
+  coalesce(w.sender_host, ''),
+  coalesce(w.sender_port, 0)::bigint,
+  CASE WHEN r.rec THEN PAUSED ELSE false END,
+  pg_last_xact_replay_timestamp()
+FROM r LEFT JOIN pg_stat_wal_receiver w ON true`
+
+var (
+	query14 = strings.Replace(probeQuery, "PAUSED", "pg_get_wal_replay_pause_state() = 'paused'", 1)
+	// Before 14, pg_is_wal_replay_paused() is true from the request on.
+	query10 = strings.Replace(probeQuery, "PAUSED", "pg_is_wal_replay_paused()", 1)
+)
+
+// Probe probes one target and returns what it found. It never takes longer
+// than the Prober's timeout (or ctx's deadline, if earlier), connecting
+// included. A failure is reported in the Result, never as a panic or a
+// hang.
+//
+// A kept connection that fails (the server restarted, a middlebox dropped
+// it) is replaced and the query retried once within the same deadline, so a
+// stale connection alone never makes a node look unreachable.
+func (p *Prober) Probe(ctx context.Context, t Target) Result {
+	start := time.Now()
+	res := Result{Target: t.redacted(), At: start}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	err := p.probe(ctx, t, &res)
+	res.Latency = time.Since(start)
+	if err != nil {
+		res = Result{Target: res.Target, At: start, Latency: res.Latency, SystemIdentifier: res.SystemIdentifier}
+		res.Err = err
+		res.ErrorClass = Classify(err)
+		return res
+	}
+	res.Reachable = true
+	return res
+}
+
+func (p *Prober) probe(ctx context.Context, t Target, res *Result) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	var s *slot
+	for {
+		var err error
+		if s, err = p.slot(t.Key()); err != nil {
+			return err
+		}
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("probe: %s: waiting for the previous probe of this node: %w", t, ctx.Err())
+		}
+		if !s.gone {
+			break
+		}
+		<-s.sem // forgotten meanwhile: take the new slot
+	}
+	defer func() { <-s.sem }()
+
+	fp := t.fingerprint()
+	if s.conn != nil && (s.params != fp || s.conn.IsClosed()) {
+		closeNow(s.conn)
+		s.conn = nil
+	}
+	reused := s.conn != nil
+	err := p.query(ctx, s, t, fp, res)
+	if err != nil && reused && ctx.Err() == nil {
+		p.log.Debug("probe: kept connection failed, reconnecting", "target", t, "err", err)
+		*res = Result{Target: res.Target, At: res.At}
+		err = p.query(ctx, s, t, fp, res)
+	}
+	if err != nil {
+		return err
+	}
+	if t.ExpectedSystemID != 0 && res.SystemIdentifier != t.ExpectedSystemID {
+		// Not the node we mean: do not keep talking to it.
+		closeNow(s.conn)
+		s.conn = nil
+		return fmt.Errorf("%w: %s answered with system identifier %d, expected %d; is the address pointing at the wrong server?",
+			ErrWrongSystem, t, res.SystemIdentifier, t.ExpectedSystemID)
+	}
+	return nil
+}
+
+// query connects if needed and runs the probe query; on failure the
+// connection is closed.
+func (p *Prober) query(ctx context.Context, s *slot, t Target, fp string, res *Result) error {
+	if s.conn == nil {
+		cfg, err := pgx.ParseConfig(t.connString(p.appName))
+		if err != nil {
+			return fmt.Errorf("probe: %s: bad connection settings: %w", t, err)
+		}
+		// One round trip per probe, no prepared statements to cache.
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+		cfg.ConnectTimeout = p.timeout
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("probe: connecting to %s: %w", t, err)
+		}
+		s.conn, s.params, s.major = c, fp, serverMajor(c)
+		p.log.Debug("probe: connected", "target", t, "server_major", s.major)
+	}
+	q := query14
+	if s.major != 0 && s.major < 14 {
+		q = query10
+	}
+	var (
+		cur, rec, rep        *string
+		sysid, tli, sendPort int64
+		replayTS             *time.Time
+	)
+	err := s.conn.QueryRow(ctx, q).Scan(&res.InRecovery, &cur, &rec, &rep, &sysid, &tli,
+		&res.WalReceiverStatus, &res.SenderHost, &sendPort, &res.ReplayPaused, &replayTS)
+	if err != nil {
+		closeNow(s.conn)
+		s.conn = nil
+		return fmt.Errorf("probe: querying %s: %w", t, err)
+	}
+	res.SystemIdentifier = uint64(sysid)
+	res.Timeline = uint32(tli)
+	res.SenderPort = uint16(sendPort)
+	if replayTS != nil {
+		res.LastReplayTimestamp = *replayTS
+	}
+	var errs []error
+	var e error
+	res.CurrentLSN, e = parseNullLSN(cur)
+	errs = append(errs, e)
+	res.ReceivedLSN, e = parseNullLSN(rec)
+	errs = append(errs, e)
+	res.ReplayLSN, e = parseNullLSN(rep)
+	errs = append(errs, e)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("probe: %s answered with %w", t, err)
+	}
+	return nil
+}
+
+// serverMajor returns the server's major version from its server_version
+// parameter ("15.4 (Debian ...)" → 15), or 0 when unknown.
+func serverMajor(c *pgx.Conn) int {
+	v := c.PgConn().ParameterStatus("server_version")
+	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
+	if end >= 0 {
+		v = v[:end]
+	}
+	n, _ := strconv.Atoi(v)
+	return n
+}
+
+// closeNow closes a connection without waiting for the server: its
+// context is already done, so a hung server cannot delay it.
+func closeNow(c *pgx.Conn) {
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = c.Close(ctx)
+}
+
+func (p *Prober) slot(key string) (*slot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	s := p.slots[key]
+	if s == nil {
+		s = &slot{sem: make(chan struct{}, 1)}
+		p.slots[key] = s
+	}
+	return s, nil
+}
+
+// Forget closes the kept connection of the target with key (see
+// Target.Key) and forgets it; a later Probe of that target connects anew.
+// It waits for a probe of that target in progress to finish.
+func (p *Prober) Forget(key string) {
+	p.mu.Lock()
+	s := p.slots[key]
+	delete(p.slots, key)
+	p.mu.Unlock()
+	if s != nil {
+		s.sem <- struct{}{}
+		s.gone = true
+		closeNow(s.conn)
+		s.conn = nil
+		<-s.sem
+	}
+}
+
+// Close closes every kept connection, waiting for probes in progress to
+// finish. Probes after Close fail with ErrClosed.
+func (p *Prober) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	keys := make([]string, 0, len(p.slots))
+	for k := range p.slots {
+		keys = append(keys, k)
+	}
+	p.mu.Unlock()
+	for _, k := range keys {
+		p.Forget(k)
+	}
+	return nil
+}
+
+// ProbeAll probes every target concurrently, each in its own goroutine,
+// and returns the results in the order of targets. It takes about as long
+// as the slowest probe, at most the Prober's timeout.
+func (p *Prober) ProbeAll(ctx context.Context, targets []Target) []Result {
+	out := make([]Result, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = p.Probe(ctx, t)
+		}()
+	}
+	wg.Wait()
+	return out
+}
