@@ -1,0 +1,309 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+)
+
+var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// entry is one log entry to apply in a test.
+type entry struct {
+	typ     regentv1.CommandType
+	payload proto.Message
+	at      time.Time
+	actor   string
+}
+
+func mustEncode(t testing.TB, e entry) []byte {
+	t.Helper()
+	if e.at.IsZero() {
+		e.at = t0
+	}
+	data, err := Encode(e.typ, e.payload, e.at, e.actor)
+	if err != nil {
+		t.Fatalf("Encode(%s): %v", e.typ, err)
+	}
+	return data
+}
+
+// applyAt applies e as the entry at index idx and returns its result.
+func applyAt(t testing.TB, f *FSM, idx uint64, e entry) *Result {
+	t.Helper()
+	out := f.Apply(&raft.Log{Index: idx, Term: 1, Type: raft.LogCommand, Data: mustEncode(t, e)})
+	res, ok := out.(*Result)
+	if !ok {
+		t.Fatalf("Apply returned %T, want *Result", out)
+	}
+	if res.Index != idx {
+		t.Fatalf("Result.Index = %d, want %d", res.Index, idx)
+	}
+	return res
+}
+
+// applyNext applies e at the index after the FSM's applied index.
+func applyNext(t testing.TB, f *FSM, e entry) *Result {
+	t.Helper()
+	return applyAt(t, f, f.AppliedIndex()+1, e)
+}
+
+// mustApply applies e and fails the test if it was rejected.
+func mustApply(t testing.TB, f *FSM, e entry) *Result {
+	t.Helper()
+	res := applyNext(t, f, e)
+	if res.Err != nil {
+		t.Fatalf("%s rejected: %v", e.typ, res.Err)
+	}
+	return res
+}
+
+func applyCmd(s *regentv1.ClusterSpec) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_APPLY_CLUSTER, payload: &regentv1.ApplyClusterCommand{Spec: s}, actor: "alice"}
+}
+
+func deleteCmd(name string) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_DELETE_CLUSTER, payload: &regentv1.DeleteClusterCommand{Name: name}, actor: "alice"}
+}
+
+func upsertCmd(m *regentv1.Member) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_UPSERT_MEMBER, payload: &regentv1.UpsertMemberCommand{Member: m}, actor: "regent/w1"}
+}
+
+func removeCmd(name string) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_REMOVE_MEMBER, payload: &regentv1.RemoveMemberCommand{Name: name}, actor: "bob"}
+}
+
+func auditCmd(action, target string) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_RECORD_AUDIT, payload: &regentv1.RecordAuditCommand{Action: action, Target: target}, actor: "carol"}
+}
+
+func testSpec(name string, primary string, nodes ...string) *regentv1.ClusterSpec {
+	s := &regentv1.ClusterSpec{Name: name, Primary: primary}
+	for i, n := range nodes {
+		s.Nodes = append(s.Nodes, &regentv1.NodeSpec{Name: n, Region: fmt.Sprintf("r%d", i), Host: "10.0.0." + fmt.Sprint(i+1), Port: 5432})
+	}
+	return s
+}
+
+func testMember(name, id string) *regentv1.Member {
+	return &regentv1.Member{Name: name, Id: id, Region: "r-" + name, RaftAddr: name + ":7000", GrpcAddr: name + ":7001"}
+}
+
+// stateBytes is the canonical encoding of the FSM's state, without the applied index.
+func stateBytes(t testing.TB, f *FSM) []byte {
+	t.Helper()
+	s, _ := f.State()
+	b, err := deterministic.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// memSink is an in-memory raft.SnapshotSink.
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+	failWrite         bool
+}
+
+func (m *memSink) ID() string { return "mem" }
+func (m *memSink) Close() error {
+	m.closed = true
+	return nil
+}
+func (m *memSink) Cancel() error {
+	m.cancelled = true
+	return nil
+}
+func (m *memSink) Write(p []byte) (int, error) {
+	if m.failWrite {
+		return 0, errors.New("disk full")
+	}
+	return m.Buffer.Write(p)
+}
+
+// snapshotBytes takes a snapshot through the raft interfaces and returns its bytes.
+func snapshotBytes(t testing.TB, f *FSM) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	defer snap.Release()
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatalf("Persist: %v", err)
+	}
+	if !sink.closed || sink.cancelled {
+		t.Fatalf("Persist: closed=%v cancelled=%v, want closed only", sink.closed, sink.cancelled)
+	}
+	return sink.Bytes()
+}
+
+// closeTracker is an io.ReadCloser that records Close.
+type closeTracker struct {
+	io.Reader
+	closed bool
+}
+
+func (c *closeTracker) Close() error {
+	c.closed = true
+	return nil
+}
+
+func restoreBytes(f *FSM, b []byte) error {
+	return f.Restore(&closeTracker{Reader: bytes.NewReader(b)})
+}
+
+// withState returns an FSM restored from s at index idx (for states commands cannot yet
+// build, such as channels and failover events).
+func withState(t testing.TB, s *regentv1.State, idx uint64) *FSM {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := WriteSnapshot(&buf, s, idx); err != nil {
+		t.Fatalf("WriteSnapshot: %v", err)
+	}
+	f := New()
+	if err := restoreBytes(f, buf.Bytes()); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	return f
+}
+
+// genLog generates n entries of mixed commands from small name pools, so that creates,
+// updates, deletes, conflicts and invalid requests all happen. Times only move forward.
+func genLog(r *rand.Rand, n int) []entry {
+	clusters := []string{"alpha", "beta", "gamma", "orders", "Bad_Name"}
+	nodes := []string{"n1", "n2", "n3", "n4"}
+	members := []string{"w1", "w2", "w3", "w4"}
+	ids := []string{"id-1", "id-2", "id-3", "id-4", "id-5", "id-6"}
+	at := t0
+	var out []entry
+	for range n {
+		at = at.Add(time.Duration(r.IntN(5000)) * time.Millisecond)
+		var e entry
+		switch k := r.IntN(10); {
+		case k < 4:
+			var ns []string
+			for _, nn := range nodes {
+				if r.IntN(3) > 0 {
+					ns = append(ns, nn)
+				}
+			}
+			primary := nodes[r.IntN(len(nodes))]
+			s := testSpec(clusters[r.IntN(len(clusters))], primary, ns...)
+			if r.IntN(4) == 0 {
+				s.Policy = &regentv1.Policy{ProbeIntervalMs: int64(r.IntN(3000) - 100), CooldownMs: int64(r.IntN(100000))}
+			}
+			if r.IntN(4) == 0 {
+				s.Dns = &regentv1.DnsSpec{Server: "ns:53", Zone: "example.test.", Record: "db.example.test.", Ttl: uint32(r.IntN(10)), TsigKey: "k"}
+			}
+			if len(s.Nodes) > 0 && r.IntN(3) == 0 {
+				s.Nodes[0].Tags = []string{"nofailover"}
+				s.Nodes[0].Priority = int32(r.IntN(20) - 10)
+			}
+			e = applyCmd(s)
+		case k < 5:
+			e = deleteCmd(clusters[r.IntN(len(clusters))])
+		case k < 7:
+			m := testMember(members[r.IntN(len(members))], ids[r.IntN(len(ids))])
+			if r.IntN(8) == 0 {
+				m.RaftAddr = ""
+			}
+			if r.IntN(3) == 0 {
+				m.HttpAddr = fmt.Sprintf("h:%d", r.IntN(3))
+			}
+			e = upsertCmd(m)
+		case k < 8:
+			e = removeCmd(members[r.IntN(len(members))])
+		default:
+			action := []string{"failover.request", "pause", ""}[r.IntN(3)]
+			e = auditCmd(action, clusters[r.IntN(len(clusters))])
+		}
+		e.at = at
+		e.actor = []string{"alice", "bob", "regent/w2"}[r.IntN(3)]
+		out = append(out, e)
+	}
+	return out
+}
+
+// genState generates a random state in canonical form, including object kinds that no
+// command creates yet.
+func genState(r *rand.Rand) *regentv1.State {
+	ts := func() *timestamppb.Timestamp {
+		return timestamppb.New(t0.Add(time.Duration(r.Int64N(1e15))))
+	}
+	s := &regentv1.State{}
+	for i := range r.IntN(6) {
+		name := fmt.Sprintf("c%02d", i)
+		c := &regentv1.Cluster{Name: name, Primary: "n0", Paused: r.IntN(2) == 0, SpecVersion: r.Uint64N(9) + 1,
+			CreatedAt: ts(), UpdatedAt: ts(), Policy: &regentv1.Policy{ProbeIntervalMs: r.Int64N(1000), MaxLagOnFailoverBytes: r.Int64()}}
+		for j := range r.IntN(4) + 1 {
+			n := fmt.Sprintf("n%d", j)
+			c.Nodes = append(c.Nodes, &regentv1.NodeSpec{Name: n, Region: "r" + n, Host: "h", Port: uint32(r.IntN(65535) + 1),
+				Tags: []string{"t"}[:r.IntN(2)], Priority: r.Int32() - r.Int32()})
+			st := &regentv1.NodeStatus{Name: n, Role: regentv1.NodeRole(r.IntN(5)), Timeline: r.Uint32(),
+				CurrentLsn: r.Uint64(), ReplayLsn: r.Uint64(), UpdatedAt: ts()}
+			for k := range r.IntN(3) {
+				st.Votes = append(st.Votes, &regentv1.Vote{Witness: fmt.Sprintf("w%d", k), Reachable: r.IntN(2) == 0, Since: ts(), Error: "timeout"})
+			}
+			c.NodeStatus = append(c.NodeStatus, st)
+		}
+		if r.IntN(2) == 0 {
+			c.Dns = &regentv1.DnsSpec{Server: "s:53", Zone: "z.", Record: "r.z.", Ttl: r.Uint32(), TsigKey: "k"}
+		}
+		s.Clusters = append(s.Clusters, c)
+	}
+	for i := range r.IntN(5) {
+		s.Members = append(s.Members, &regentv1.Member{Name: fmt.Sprintf("w%d", i), Id: fmt.Sprintf("id%d", r.IntN(1000)),
+			RaftAddr: "a:1", JoinedAt: ts()})
+	}
+	for i := range r.IntN(4) {
+		s.RemovedMemberIds = append(s.RemovedMemberIds, fmt.Sprintf("gone%d", i))
+	}
+	id := uint64(0)
+	for range r.IntN(8) {
+		id += r.Uint64N(3) + 1
+		s.Channels = append(s.Channels, &regentv1.ReplicationChannel{Id: id, Cluster: "c00", PrimaryRegion: "a", SecondaryRegion: "b",
+			Status: regentv1.ChannelStatus(r.IntN(5)), ApplyLsn: r.Uint64(), PrimaryLsn: r.Uint64(), LagSeconds: r.Int64(),
+			LastSeenAt: ts(), LagBytes: r.Uint64(), EstimatedLagSeconds: r.Float64() * 100})
+	}
+	s.NextChannelId = id + 1 + r.Uint64N(3)
+	id = 0
+	for range r.IntN(6) {
+		id += r.Uint64N(3) + 1
+		e := &regentv1.FailoverEvent{Id: id, Cluster: "c01", FromRegion: "a", ToRegion: "b", TriggerReason: "primary down",
+			StartedAt: ts(), Step: regentv1.FailoverStep(r.IntN(8)), Term: r.Uint64(), PromotedLsn: r.Uint64(),
+			DataLossExact: r.IntN(2) == 0, Steps: []*regentv1.StepTime{{Step: regentv1.FailoverStep_FAILOVER_STEP_DECIDED, At: ts()}}}
+		if r.IntN(2) == 0 {
+			v := r.Int64N(1 << 30)
+			e.DataLossBytes = &v
+			e.CompletedAt = ts()
+		}
+		s.FailoverEvents = append(s.FailoverEvents, e)
+	}
+	if len(s.FailoverEvents) > 0 || r.IntN(2) == 0 {
+		s.NextEventId = id + 1
+	}
+	id = 0
+	for range r.IntN(10) {
+		id += r.Uint64N(2) + 1
+		s.Audit = append(s.Audit, &regentv1.AuditRecord{Id: id, At: ts(), Actor: "x", Action: "a", Target: "t", Detail: "d"})
+	}
+	if len(s.Audit) > 0 {
+		s.NextAuditId = id + 1
+	}
+	return s
+}
