@@ -323,6 +323,8 @@ func (b *Bench) writeConfig(s *Server) error {
 		"lc_messages":                  "'C'",
 		"jit":                          "off",
 		"wal_receiver_status_interval": "1s",
+		// Standbys reconnect to a restarted or new upstream quickly.
+		"wal_retrieve_retry_interval": "200ms",
 	}
 	for k, v := range b.opts.Settings {
 		settings[k] = v
