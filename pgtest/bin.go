@@ -90,25 +90,20 @@ func missingBins(dir string) []string {
 	return missing
 }
 
-// versionOf extracts the numeric version from a path such as
-// /usr/lib/postgresql/15/bin or /usr/pgsql-9.6/bin.
+// versionOf extracts the numeric version from the name of the directory
+// above bin, as in /usr/lib/postgresql/15/bin or /usr/pgsql-9.6/bin; nil
+// when that name is not a version.
 func versionOf(dir string) []int {
-	for _, part := range strings.Split(filepath.ToSlash(dir), "/") {
-		part = strings.TrimPrefix(part, "pgsql-")
-		var ver []int
-		for _, f := range strings.Split(part, ".") {
-			n, err := strconv.Atoi(f)
-			if err != nil {
-				ver = nil
-				break
-			}
-			ver = append(ver, n)
+	name := strings.TrimPrefix(filepath.Base(filepath.Dir(dir)), "pgsql-")
+	var ver []int
+	for _, f := range strings.Split(name, ".") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil
 		}
-		if len(ver) > 0 {
-			return ver
-		}
+		ver = append(ver, n)
 	}
-	return nil
+	return ver
 }
 
 func versionLess(a, b []int) bool {
