@@ -242,9 +242,10 @@ func (tx *txn) audit(action, target, detail string) {
 	s.NextAuditId++
 	s.Audit = append(s.Audit, rec)
 	if over := len(s.Audit) - MaxAuditRecords; over > 0 {
-		n := copy(s.Audit, s.Audit[over:])
-		clear(s.Audit[n:])
-		s.Audit = s.Audit[:n]
+		// Re-slicing instead of shifting keeps this O(1): append copies the window to a
+		// new array only when the old one fills up. Clearing lets the dropped records go.
+		clear(s.Audit[:over])
+		s.Audit = s.Audit[over:]
 	}
 	tx.emit(&regentv1.WatchEvent{Kind: KindAudit, Key: fmt.Sprint(rec.Id),
 		Audit: proto.Clone(rec).(*regentv1.AuditRecord)})
