@@ -48,6 +48,9 @@ type Agent struct {
 	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`
 	// SnapshotInterval is how often Raft checks whether to snapshot.
 	SnapshotInterval Duration `yaml:"snapshot_interval"`
+	// TrailingLogs is how many entries stay in the log after a snapshot, so a briefly lagging
+	// follower catches up from the log rather than a snapshot.
+	TrailingLogs uint64 `yaml:"trailing_logs"`
 	// Log chooses the log format and level.
 	Log Log `yaml:"log"`
 }
@@ -79,6 +82,7 @@ const (
 	DefaultRaftMultiplier    = 1.0
 	DefaultSnapshotThreshold = 8192
 	DefaultSnapshotInterval  = 30 * time.Second
+	DefaultTrailingLogs      = 10240
 )
 
 var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
@@ -146,6 +150,9 @@ func (c *Agent) applyDefaults(present map[string]int) {
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = DefaultTrailingLogs
 	}
 	if c.SnapshotInterval.Duration == 0 {
 		c.SnapshotInterval.Duration = DefaultSnapshotInterval

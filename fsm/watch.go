@@ -63,8 +63,9 @@ func (r *ring) reset(from uint64) {
 // order; several changes may share an index (an applied cluster and its audit record).
 //
 // complete is false when the FSM cannot prove it still holds every change after index —
-// index is 0, the ring has dropped some, or a snapshot was restored since — and the caller
-// must first send a full state (State()) and then follow from its index.
+// the ring has dropped some, or a snapshot was restored since — and the caller must first
+// send a full state (State()) and then follow from its index. (A watcher that starts from
+// nothing wants a full state anyway; that is the caller's decision.)
 //
 // wait is closed at the next Apply or Restore, so a Watch stream can block on it and call
 // ChangesSince again. The events are copies the caller may keep or modify.
@@ -72,7 +73,7 @@ func (f *FSM) ChangesSince(index uint64) (events []*regentv1.WatchEvent, complet
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	r := &f.changes
-	complete = index != 0 && index+1 >= r.from
+	complete = index+1 >= r.from
 	first := sort.Search(r.n, func(i int) bool { return r.at(i).GetIndex() > index })
 	for i := first; i < r.n; i++ {
 		events = append(events, proto.Clone(r.at(i)).(*regentv1.WatchEvent))

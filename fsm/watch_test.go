@@ -36,7 +36,7 @@ func closed(ch <-chan struct{}) bool {
 func TestChangesSince(t *testing.T) {
 	f := New()
 	evs, complete, wait := f.ChangesSince(0)
-	if complete || len(evs) != 0 || closed(wait) {
+	if !complete || len(evs) != 0 || closed(wait) {
 		t.Fatalf("fresh FSM: %v complete=%v", evs, complete)
 	}
 
@@ -54,7 +54,7 @@ func TestChangesSince(t *testing.T) {
 		complete bool
 		want     string
 	}{
-		{0, false, "1:cluster:orders 1:audit:1 2:member:w1 4:member:w1- 4:audit:2 5:cluster:orders 5:audit:3"},
+		{0, true, "1:cluster:orders 1:audit:1 2:member:w1 4:member:w1- 4:audit:2 5:cluster:orders 5:audit:3"},
 		{1, true, "2:member:w1 4:member:w1- 4:audit:2 5:cluster:orders 5:audit:3"},
 		{2, true, "4:member:w1- 4:audit:2 5:cluster:orders 5:audit:3"},
 		{3, true, "4:member:w1- 4:audit:2 5:cluster:orders 5:audit:3"},

@@ -45,7 +45,8 @@ type LoadStats struct {
 // fast as possible when rate <= 0), until ctx ends or Stop is called. It
 // records the id of every row whose commit was acknowledged. Errors do not
 // stop it: it reconnects and carries on, so it can run across a crash or a
-// failover of this server.
+// failover of this server. Stop it (or end ctx) before closing the bench,
+// or it keeps trying to reconnect.
 func (s *Server) WriteLoad(ctx context.Context, rate float64) (*Load, error) {
 	if err := s.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+LoadTable+` (
 		id bigserial PRIMARY KEY,

@@ -128,6 +128,10 @@ func TestLive(t *testing.T) {
 		tg := target(b, s1)
 		tg.ExpectedSystemID = sysid
 		mustReach(t, prober.Probe(ctx, tg))
+		// sslmode "" is libpq's "prefer": TLS is tried, refused by the
+		// bench, and the probe goes on in plain text.
+		tg.Node, tg.SSLMode = "prefer", ""
+		mustReach(t, prober.Probe(ctx, tg))
 	})
 
 	t.Run("killed standby is refused, then back", func(t *testing.T) {

@@ -55,7 +55,8 @@ func NewLoop(p *Prober, interval time.Duration, deliver func(Result)) *Loop {
 
 // SetTargets replaces the set of targets. Targets are matched by Key: a new
 // key starts being probed at once, a missing key stops being probed (and
-// its connection is closed), and a changed target is probed with its new
+// its connection is closed; a probe of it that had just finished may still
+// be delivered), and a changed target is probed with its new
 // settings from its next probe on. Duplicate keys and invalid targets are
 // refused, leaving the set unchanged.
 func (l *Loop) SetTargets(targets []Target) error {
