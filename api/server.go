@@ -132,7 +132,7 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, fsm.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, fsm.ErrRemoved):
+	case errors.Is(err, fsm.ErrRemoved), errors.Is(err, fsm.ErrConflict):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrNoLeader), errors.Is(err, store.ErrNotLeader):
 		return retryable(codes.Unavailable, err.Error())
@@ -304,6 +304,12 @@ func (s *Server) checkCluster(st *regentv1.State, name string) error {
 
 // Members returns the witnesses with their Raft roles.
 func (s *Server) Members(ctx context.Context, req *regentv1.MembersRequest) (*regentv1.MembersResponse, error) {
+	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
+		if err != nil {
+			return nil, err
+		}
+		return c.Members(fctx, req)
+	}
 	leader, members := s.memberStatus()
 	return &regentv1.MembersResponse{Leader: leader, Members: members}, nil
 }

@@ -149,7 +149,7 @@ func (r *runner) listMembers() error {
 	}
 	ctx, cancel := r.callCtx()
 	defer cancel()
-	resp, err := c.Members(ctx, &regentv1.MembersRequest{})
+	resp, err := c.Members(ctx, &regentv1.MembersRequest{Read: r.readOptions()})
 	if err != nil {
 		return r.rpcErr("list members", err)
 	}

@@ -824,6 +824,7 @@ func (x *ListFailoverEventsResponse) GetIndex() uint64 {
 
 type MembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Read          *ReadOptions           `protobuf:"bytes,1,opt,name=read,proto3" json:"read,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -856,6 +857,13 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
 	return file_regent_v1_api_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MembersRequest) GetRead() *ReadOptions {
+	if x != nil {
+		return x.Read
+	}
+	return nil
 }
 
 type MembersResponse struct {
@@ -1221,8 +1229,9 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\acluster\x18\x02 \x01(\tR\acluster\"u\n" +
 	"\x1aListFailoverEventsResponse\x12A\n" +
 	"\x0ffailover_events\x18\x01 \x03(\v2\x18.regent.v1.FailoverEventR\x0efailoverEvents\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\x10\n" +
-	"\x0eMembersRequest\"\\\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"<\n" +
+	"\x0eMembersRequest\x12*\n" +
+	"\x04read\x18\x01 \x01(\v2\x16.regent.v1.ReadOptionsR\x04read\"\\\n" +
 	"\x0fMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x121\n" +
 	"\amembers\x18\x02 \x03(\v2\x17.regent.v1.MemberStatusR\amembers\")\n" +
@@ -1313,36 +1322,37 @@ var file_regent_v1_api_proto_depIdxs = []int32{
 	21, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
 	22, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	2,  // 13: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	20, // 14: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	24, // 15: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	21, // 16: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	22, // 17: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	25, // 18: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	26, // 19: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	1,  // 20: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 21: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 22: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 23: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 24: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 25: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 26: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	16, // 27: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	18, // 28: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	3,  // 29: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 30: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 31: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 32: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 33: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 34: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 35: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 36: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 37: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	29, // [29:38] is the sub-list for method output_type
-	20, // [20:29] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
+	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
+	20, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	24, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	21, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	22, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	25, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	26, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	1,  // 21: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 22: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 23: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 24: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 25: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 26: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 27: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	16, // 28: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	18, // 29: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	3,  // 30: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 31: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 32: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 33: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 34: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 35: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 36: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	17, // 37: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	19, // 38: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
