@@ -9,6 +9,7 @@ package regentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1173,11 +1174,275 @@ func (x *WatchEvent) GetState() *State {
 	return nil
 }
 
+// Observation is what one witness saw of one PostgreSQL node in one probe.
+type Observation struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Cluster   string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node      string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	At        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	Reachable bool                   `protobuf:"varint,4,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	// "", timeout, refused, auth, dns, tls, server_error, wrong_system or other.
+	ErrorClass        string `protobuf:"bytes,5,opt,name=error_class,json=errorClass,proto3" json:"error_class,omitempty"`
+	Error             string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	InRecovery        bool   `protobuf:"varint,7,opt,name=in_recovery,json=inRecovery,proto3" json:"in_recovery,omitempty"`
+	CurrentLsn        uint64 `protobuf:"varint,8,opt,name=current_lsn,json=currentLsn,proto3" json:"current_lsn,omitempty"`
+	ReceivedLsn       uint64 `protobuf:"varint,9,opt,name=received_lsn,json=receivedLsn,proto3" json:"received_lsn,omitempty"`
+	ReplayLsn         uint64 `protobuf:"varint,10,opt,name=replay_lsn,json=replayLsn,proto3" json:"replay_lsn,omitempty"`
+	Timeline          uint32 `protobuf:"varint,11,opt,name=timeline,proto3" json:"timeline,omitempty"`
+	SystemIdentifier  uint64 `protobuf:"varint,12,opt,name=system_identifier,json=systemIdentifier,proto3" json:"system_identifier,omitempty"`
+	WalReceiverStatus string `protobuf:"bytes,13,opt,name=wal_receiver_status,json=walReceiverStatus,proto3" json:"wal_receiver_status,omitempty"`
+	Upstream          string `protobuf:"bytes,14,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	ReplayPaused      bool   `protobuf:"varint,15,opt,name=replay_paused,json=replayPaused,proto3" json:"replay_paused,omitempty"`
+	// The newest regent.heartbeat time visible on the node (written on the primary by the
+	// leader, replicated to standbys); unset when the table is missing or empty.
+	HeartbeatAt    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	LatencySeconds float64                `protobuf:"fixed64,17,opt,name=latency_seconds,json=latencySeconds,proto3" json:"latency_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Observation) Reset() {
+	*x = Observation{}
+	mi := &file_regent_v1_api_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Observation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Observation) ProtoMessage() {}
+
+func (x *Observation) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Observation.ProtoReflect.Descriptor instead.
+func (*Observation) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Observation) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Observation) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Observation) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *Observation) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *Observation) GetErrorClass() string {
+	if x != nil {
+		return x.ErrorClass
+	}
+	return ""
+}
+
+func (x *Observation) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Observation) GetInRecovery() bool {
+	if x != nil {
+		return x.InRecovery
+	}
+	return false
+}
+
+func (x *Observation) GetCurrentLsn() uint64 {
+	if x != nil {
+		return x.CurrentLsn
+	}
+	return 0
+}
+
+func (x *Observation) GetReceivedLsn() uint64 {
+	if x != nil {
+		return x.ReceivedLsn
+	}
+	return 0
+}
+
+func (x *Observation) GetReplayLsn() uint64 {
+	if x != nil {
+		return x.ReplayLsn
+	}
+	return 0
+}
+
+func (x *Observation) GetTimeline() uint32 {
+	if x != nil {
+		return x.Timeline
+	}
+	return 0
+}
+
+func (x *Observation) GetSystemIdentifier() uint64 {
+	if x != nil {
+		return x.SystemIdentifier
+	}
+	return 0
+}
+
+func (x *Observation) GetWalReceiverStatus() string {
+	if x != nil {
+		return x.WalReceiverStatus
+	}
+	return ""
+}
+
+func (x *Observation) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+func (x *Observation) GetReplayPaused() bool {
+	if x != nil {
+		return x.ReplayPaused
+	}
+	return false
+}
+
+func (x *Observation) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *Observation) GetLatencySeconds() float64 {
+	if x != nil {
+		return x.LatencySeconds
+	}
+	return 0
+}
+
+type ReportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Witness       string                 `protobuf:"bytes,1,opt,name=witness,proto3" json:"witness,omitempty"`
+	Observations  []*Observation         `protobuf:"bytes,2,rep,name=observations,proto3" json:"observations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportRequest) Reset() {
+	*x = ReportRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportRequest) ProtoMessage() {}
+
+func (x *ReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
+func (*ReportRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ReportRequest) GetWitness() string {
+	if x != nil {
+		return x.Witness
+	}
+	return ""
+}
+
+func (x *ReportRequest) GetObservations() []*Observation {
+	if x != nil {
+		return x.Observations
+	}
+	return nil
+}
+
+type ReportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportResponse) Reset() {
+	*x = ReportResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportResponse) ProtoMessage() {}
+
+func (x *ReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
+func (*ReportResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{22}
+}
+
 var File_regent_v1_api_proto protoreflect.FileDescriptor
 
 const file_regent_v1_api_proto_rawDesc = "" +
 	"\n" +
-	"\x13regent/v1/api.proto\x12\tregent.v1\x1a\x15regent/v1/state.proto\"-\n" +
+	"\x13regent/v1/api.proto\x12\tregent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15regent/v1/state.proto\"-\n" +
 	"\vReadOptions\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
@@ -1254,7 +1519,34 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x0efailover_event\x18\b \x01(\v2\x18.regent.v1.FailoverEventR\rfailoverEvent\x12,\n" +
 	"\x05audit\x18\t \x01(\v2\x16.regent.v1.AuditRecordR\x05audit\x12&\n" +
 	"\x05state\x18\n" +
-	" \x01(\v2\x10.regent.v1.StateR\x05state2\xc5\x05\n" +
+	" \x01(\v2\x10.regent.v1.StateR\x05state\"\xe2\x04\n" +
+	"\vObservation\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1c\n" +
+	"\treachable\x18\x04 \x01(\bR\treachable\x12\x1f\n" +
+	"\verror_class\x18\x05 \x01(\tR\n" +
+	"errorClass\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12\x1f\n" +
+	"\vin_recovery\x18\a \x01(\bR\n" +
+	"inRecovery\x12\x1f\n" +
+	"\vcurrent_lsn\x18\b \x01(\x04R\n" +
+	"currentLsn\x12!\n" +
+	"\freceived_lsn\x18\t \x01(\x04R\vreceivedLsn\x12\x1d\n" +
+	"\n" +
+	"replay_lsn\x18\n" +
+	" \x01(\x04R\treplayLsn\x12\x1a\n" +
+	"\btimeline\x18\v \x01(\rR\btimeline\x12+\n" +
+	"\x11system_identifier\x18\f \x01(\x04R\x10systemIdentifier\x12.\n" +
+	"\x13wal_receiver_status\x18\r \x01(\tR\x11walReceiverStatus\x12\x1a\n" +
+	"\bupstream\x18\x0e \x01(\tR\bupstream\x12#\n" +
+	"\rreplay_paused\x18\x0f \x01(\bR\freplayPaused\x12=\n" +
+	"\fheartbeat_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12'\n" +
+	"\x0flatency_seconds\x18\x11 \x01(\x01R\x0elatencySeconds\"e\n" +
+	"\rReportRequest\x12\x18\n" +
+	"\awitness\x18\x01 \x01(\tR\awitness\x12:\n" +
+	"\fobservations\x18\x02 \x03(\v2\x16.regent.v1.ObservationR\fobservations\"\x10\n" +
+	"\x0eReportResponse2\x84\x06\n" +
 	"\x06Regent\x12C\n" +
 	"\bGetState\x12\x1a.regent.v1.GetStateRequest\x1a\x1b.regent.v1.GetStateResponse\x12O\n" +
 	"\fApplyCluster\x12\x1e.regent.v1.ApplyClusterRequest\x1a\x1f.regent.v1.ApplyClusterResponse\x12R\n" +
@@ -1264,7 +1556,8 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x12ListFailoverEvents\x12$.regent.v1.ListFailoverEventsRequest\x1a%.regent.v1.ListFailoverEventsResponse\x12@\n" +
 	"\aMembers\x12\x19.regent.v1.MembersRequest\x1a\x1a.regent.v1.MembersResponse\x12O\n" +
 	"\fRemoveMember\x12\x1e.regent.v1.RemoveMemberRequest\x1a\x1f.regent.v1.RemoveMemberResponse\x129\n" +
-	"\x05Watch\x12\x17.regent.v1.WatchRequest\x1a\x15.regent.v1.WatchEvent0\x01B5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x05Watch\x12\x17.regent.v1.WatchRequest\x1a\x15.regent.v1.WatchEvent0\x01\x12=\n" +
+	"\x06Report\x12\x18.regent.v1.ReportRequest\x1a\x19.regent.v1.ReportResponseB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_api_proto_rawDescOnce sync.Once
@@ -1278,7 +1571,7 @@ func file_regent_v1_api_proto_rawDescGZIP() []byte {
 	return file_regent_v1_api_proto_rawDescData
 }
 
-var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_regent_v1_api_proto_goTypes = []any{
 	(*ReadOptions)(nil),                // 0: regent.v1.ReadOptions
 	(*GetStateRequest)(nil),            // 1: regent.v1.GetStateRequest
@@ -1300,59 +1593,68 @@ var file_regent_v1_api_proto_goTypes = []any{
 	(*RemoveMemberResponse)(nil),       // 17: regent.v1.RemoveMemberResponse
 	(*WatchRequest)(nil),               // 18: regent.v1.WatchRequest
 	(*WatchEvent)(nil),                 // 19: regent.v1.WatchEvent
-	(*Cluster)(nil),                    // 20: regent.v1.Cluster
-	(*ReplicationChannel)(nil),         // 21: regent.v1.ReplicationChannel
-	(*FailoverEvent)(nil),              // 22: regent.v1.FailoverEvent
-	(*ClusterSpec)(nil),                // 23: regent.v1.ClusterSpec
-	(*Member)(nil),                     // 24: regent.v1.Member
-	(*AuditRecord)(nil),                // 25: regent.v1.AuditRecord
-	(*State)(nil),                      // 26: regent.v1.State
+	(*Observation)(nil),                // 20: regent.v1.Observation
+	(*ReportRequest)(nil),              // 21: regent.v1.ReportRequest
+	(*ReportResponse)(nil),             // 22: regent.v1.ReportResponse
+	(*Cluster)(nil),                    // 23: regent.v1.Cluster
+	(*ReplicationChannel)(nil),         // 24: regent.v1.ReplicationChannel
+	(*FailoverEvent)(nil),              // 25: regent.v1.FailoverEvent
+	(*ClusterSpec)(nil),                // 26: regent.v1.ClusterSpec
+	(*Member)(nil),                     // 27: regent.v1.Member
+	(*AuditRecord)(nil),                // 28: regent.v1.AuditRecord
+	(*State)(nil),                      // 29: regent.v1.State
+	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
 }
 var file_regent_v1_api_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.GetStateRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 1: regent.v1.GetStateResponse.members:type_name -> regent.v1.MemberStatus
-	20, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
-	21, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
-	22, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	23, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	20, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	23, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
+	24, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
+	25, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	26, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	23, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
 	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	20, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	23, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
 	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	21, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	24, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	22, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	25, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
 	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	20, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	24, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	21, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	22, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	25, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	26, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	1,  // 21: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 22: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 23: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 24: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 25: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 26: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 27: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	16, // 28: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	18, // 29: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	3,  // 30: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 31: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 32: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 33: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 34: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 35: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 36: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 37: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 38: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	23, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	27, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	24, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	25, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	28, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	29, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	30, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	30, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	20, // 23: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
+	1,  // 24: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 25: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 26: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 27: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 28: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 29: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 30: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	16, // 31: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	18, // 32: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	21, // 33: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
+	3,  // 34: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 35: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 36: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 37: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 38: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 39: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 40: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	17, // 41: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	19, // 42: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	22, // 43: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	34, // [34:44] is the sub-list for method output_type
+	24, // [24:34] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
@@ -1367,7 +1669,7 @@ func file_regent_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_api_proto_rawDesc), len(file_regent_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Regent_Members_FullMethodName            = "/regent.v1.Regent/Members"
 	Regent_RemoveMember_FullMethodName       = "/regent.v1.Regent/RemoveMember"
 	Regent_Watch_FullMethodName              = "/regent.v1.Regent/Watch"
+	Regent_Report_FullMethodName             = "/regent.v1.Regent/Report"
 )
 
 // RegentClient is the client API for Regent service.
@@ -55,6 +56,9 @@ type RegentClient interface {
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	// Watch streams state changes after from_index, so a client can follow without polling.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// Report carries a witness's probe observations to the leader (witness to witness; a
+	// follower forwards it).
+	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
 }
 
 type regentClient struct {
@@ -164,6 +168,16 @@ func (c *regentClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Regent_WatchClient = grpc.ServerStreamingClient[WatchEvent]
 
+func (c *regentClient) Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportResponse)
+	err := c.cc.Invoke(ctx, Regent_Report_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegentServer is the server API for Regent service.
 // All implementations must embed UnimplementedRegentServer
 // for forward compatibility.
@@ -189,6 +203,9 @@ type RegentServer interface {
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	// Watch streams state changes after from_index, so a client can follow without polling.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// Report carries a witness's probe observations to the leader (witness to witness; a
+	// follower forwards it).
+	Report(context.Context, *ReportRequest) (*ReportResponse, error)
 	mustEmbedUnimplementedRegentServer()
 }
 
@@ -225,6 +242,9 @@ func (UnimplementedRegentServer) RemoveMember(context.Context, *RemoveMemberRequ
 }
 func (UnimplementedRegentServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedRegentServer) Report(context.Context, *ReportRequest) (*ReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedRegentServer) mustEmbedUnimplementedRegentServer() {}
 func (UnimplementedRegentServer) testEmbeddedByValue()                {}
@@ -402,6 +422,24 @@ func _Regent_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Regent_WatchServer = grpc.ServerStreamingServer[WatchEvent]
 
+func _Regent_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).Report(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_Report_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).Report(ctx, req.(*ReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Regent_ServiceDesc is the grpc.ServiceDesc for Regent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -440,6 +478,10 @@ var Regent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveMember",
 			Handler:    _Regent_RemoveMember_Handler,
+		},
+		{
+			MethodName: "Report",
+			Handler:    _Regent_Report_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

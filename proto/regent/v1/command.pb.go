@@ -26,12 +26,14 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED    CommandType = 0
-	CommandType_COMMAND_TYPE_APPLY_CLUSTER  CommandType = 1
-	CommandType_COMMAND_TYPE_DELETE_CLUSTER CommandType = 2
-	CommandType_COMMAND_TYPE_UPSERT_MEMBER  CommandType = 3
-	CommandType_COMMAND_TYPE_REMOVE_MEMBER  CommandType = 4
-	CommandType_COMMAND_TYPE_RECORD_AUDIT   CommandType = 5
+	CommandType_COMMAND_TYPE_UNSPECIFIED         CommandType = 0
+	CommandType_COMMAND_TYPE_APPLY_CLUSTER       CommandType = 1
+	CommandType_COMMAND_TYPE_DELETE_CLUSTER      CommandType = 2
+	CommandType_COMMAND_TYPE_UPSERT_MEMBER       CommandType = 3
+	CommandType_COMMAND_TYPE_REMOVE_MEMBER       CommandType = 4
+	CommandType_COMMAND_TYPE_RECORD_AUDIT        CommandType = 5
+	CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS CommandType = 6
+	CommandType_COMMAND_TYPE_UPDATE_CHANNELS     CommandType = 7
 )
 
 // Enum value maps for CommandType.
@@ -43,14 +45,18 @@ var (
 		3: "COMMAND_TYPE_UPSERT_MEMBER",
 		4: "COMMAND_TYPE_REMOVE_MEMBER",
 		5: "COMMAND_TYPE_RECORD_AUDIT",
+		6: "COMMAND_TYPE_RECORD_OBSERVATIONS",
+		7: "COMMAND_TYPE_UPDATE_CHANNELS",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":    0,
-		"COMMAND_TYPE_APPLY_CLUSTER":  1,
-		"COMMAND_TYPE_DELETE_CLUSTER": 2,
-		"COMMAND_TYPE_UPSERT_MEMBER":  3,
-		"COMMAND_TYPE_REMOVE_MEMBER":  4,
-		"COMMAND_TYPE_RECORD_AUDIT":   5,
+		"COMMAND_TYPE_UNSPECIFIED":         0,
+		"COMMAND_TYPE_APPLY_CLUSTER":       1,
+		"COMMAND_TYPE_DELETE_CLUSTER":      2,
+		"COMMAND_TYPE_UPSERT_MEMBER":       3,
+		"COMMAND_TYPE_REMOVE_MEMBER":       4,
+		"COMMAND_TYPE_RECORD_AUDIT":        5,
+		"COMMAND_TYPE_RECORD_OBSERVATIONS": 6,
+		"COMMAND_TYPE_UPDATE_CHANNELS":     7,
 	}
 )
 
@@ -393,6 +399,229 @@ func (x *RecordAuditCommand) GetDetail() string {
 	return ""
 }
 
+// VoteUpdate is one witness's reachability vote for one node.
+type VoteUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Vote          *Vote                  `protobuf:"bytes,3,opt,name=vote,proto3" json:"vote,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VoteUpdate) Reset() {
+	*x = VoteUpdate{}
+	mi := &file_regent_v1_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VoteUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VoteUpdate) ProtoMessage() {}
+
+func (x *VoteUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VoteUpdate.ProtoReflect.Descriptor instead.
+func (*VoteUpdate) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *VoteUpdate) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *VoteUpdate) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *VoteUpdate) GetVote() *Vote {
+	if x != nil {
+		return x.Vote
+	}
+	return nil
+}
+
+// NodeStatusUpdate replaces a node's observed facts (everything in NodeStatus but the votes).
+type NodeStatusUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Status        *NodeStatus            `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatusUpdate) Reset() {
+	*x = NodeStatusUpdate{}
+	mi := &file_regent_v1_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatusUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatusUpdate) ProtoMessage() {}
+
+func (x *NodeStatusUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatusUpdate.ProtoReflect.Descriptor instead.
+func (*NodeStatusUpdate) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NodeStatusUpdate) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *NodeStatusUpdate) GetStatus() *NodeStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// RecordObservationsCommand carries changes the leader commits at once: votes that flipped,
+// roles or timelines that changed.
+type RecordObservationsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Votes         []*VoteUpdate          `protobuf:"bytes,1,rep,name=votes,proto3" json:"votes,omitempty"`
+	Nodes         []*NodeStatusUpdate    `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordObservationsCommand) Reset() {
+	*x = RecordObservationsCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordObservationsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordObservationsCommand) ProtoMessage() {}
+
+func (x *RecordObservationsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordObservationsCommand.ProtoReflect.Descriptor instead.
+func (*RecordObservationsCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RecordObservationsCommand) GetVotes() []*VoteUpdate {
+	if x != nil {
+		return x.Votes
+	}
+	return nil
+}
+
+func (x *RecordObservationsCommand) GetNodes() []*NodeStatusUpdate {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// UpdateChannelsCommand is the leader's batched entry per probe interval: channel figures for
+// every cluster (upserted by cluster, primary_region, secondary_region; ids are assigned by
+// Apply) and nodes' latest LSNs.
+type UpdateChannelsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channels      []*ReplicationChannel  `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
+	Nodes         []*NodeStatusUpdate    `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateChannelsCommand) Reset() {
+	*x = UpdateChannelsCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateChannelsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateChannelsCommand) ProtoMessage() {}
+
+func (x *UpdateChannelsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateChannelsCommand.ProtoReflect.Descriptor instead.
+func (*UpdateChannelsCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UpdateChannelsCommand) GetChannels() []*ReplicationChannel {
+	if x != nil {
+		return x.Channels
+	}
+	return nil
+}
+
+func (x *UpdateChannelsCommand) GetNodes() []*NodeStatusUpdate {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_regent_v1_command_proto protoreflect.FileDescriptor
 
 const file_regent_v1_command_proto_rawDesc = "" +
@@ -414,14 +643,30 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x12RecordAuditCommand\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail*\xcb\x01\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"_\n" +
+	"\n" +
+	"VoteUpdate\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12#\n" +
+	"\x04vote\x18\x03 \x01(\v2\x0f.regent.v1.VoteR\x04vote\"[\n" +
+	"\x10NodeStatusUpdate\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12-\n" +
+	"\x06status\x18\x02 \x01(\v2\x15.regent.v1.NodeStatusR\x06status\"{\n" +
+	"\x19RecordObservationsCommand\x12+\n" +
+	"\x05votes\x18\x01 \x03(\v2\x15.regent.v1.VoteUpdateR\x05votes\x121\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes\"\x85\x01\n" +
+	"\x15UpdateChannelsCommand\x129\n" +
+	"\bchannels\x18\x01 \x03(\v2\x1d.regent.v1.ReplicationChannelR\bchannels\x121\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes*\x93\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_APPLY_CLUSTER\x10\x01\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_DELETE_CLUSTER\x10\x02\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_UPSERT_MEMBER\x10\x03\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_REMOVE_MEMBER\x10\x04\x12\x1d\n" +
-	"\x19COMMAND_TYPE_RECORD_AUDIT\x10\x05B5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x19COMMAND_TYPE_RECORD_AUDIT\x10\x05\x12$\n" +
+	" COMMAND_TYPE_RECORD_OBSERVATIONS\x10\x06\x12 \n" +
+	"\x1cCOMMAND_TYPE_UPDATE_CHANNELS\x10\aB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_command_proto_rawDescOnce sync.Once
@@ -436,29 +681,42 @@ func file_regent_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_regent_v1_command_proto_goTypes = []any{
-	(CommandType)(0),              // 0: regent.v1.CommandType
-	(*Command)(nil),               // 1: regent.v1.Command
-	(*ApplyClusterCommand)(nil),   // 2: regent.v1.ApplyClusterCommand
-	(*DeleteClusterCommand)(nil),  // 3: regent.v1.DeleteClusterCommand
-	(*UpsertMemberCommand)(nil),   // 4: regent.v1.UpsertMemberCommand
-	(*RemoveMemberCommand)(nil),   // 5: regent.v1.RemoveMemberCommand
-	(*RecordAuditCommand)(nil),    // 6: regent.v1.RecordAuditCommand
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*ClusterSpec)(nil),           // 8: regent.v1.ClusterSpec
-	(*Member)(nil),                // 9: regent.v1.Member
+	(CommandType)(0),                  // 0: regent.v1.CommandType
+	(*Command)(nil),                   // 1: regent.v1.Command
+	(*ApplyClusterCommand)(nil),       // 2: regent.v1.ApplyClusterCommand
+	(*DeleteClusterCommand)(nil),      // 3: regent.v1.DeleteClusterCommand
+	(*UpsertMemberCommand)(nil),       // 4: regent.v1.UpsertMemberCommand
+	(*RemoveMemberCommand)(nil),       // 5: regent.v1.RemoveMemberCommand
+	(*RecordAuditCommand)(nil),        // 6: regent.v1.RecordAuditCommand
+	(*VoteUpdate)(nil),                // 7: regent.v1.VoteUpdate
+	(*NodeStatusUpdate)(nil),          // 8: regent.v1.NodeStatusUpdate
+	(*RecordObservationsCommand)(nil), // 9: regent.v1.RecordObservationsCommand
+	(*UpdateChannelsCommand)(nil),     // 10: regent.v1.UpdateChannelsCommand
+	(*timestamppb.Timestamp)(nil),     // 11: google.protobuf.Timestamp
+	(*ClusterSpec)(nil),               // 12: regent.v1.ClusterSpec
+	(*Member)(nil),                    // 13: regent.v1.Member
+	(*Vote)(nil),                      // 14: regent.v1.Vote
+	(*NodeStatus)(nil),                // 15: regent.v1.NodeStatus
+	(*ReplicationChannel)(nil),        // 16: regent.v1.ReplicationChannel
 }
 var file_regent_v1_command_proto_depIdxs = []int32{
-	0, // 0: regent.v1.Command.type:type_name -> regent.v1.CommandType
-	7, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
-	8, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
-	9, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: regent.v1.Command.type:type_name -> regent.v1.CommandType
+	11, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
+	12, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
+	13, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
+	14, // 4: regent.v1.VoteUpdate.vote:type_name -> regent.v1.Vote
+	15, // 5: regent.v1.NodeStatusUpdate.status:type_name -> regent.v1.NodeStatus
+	7,  // 6: regent.v1.RecordObservationsCommand.votes:type_name -> regent.v1.VoteUpdate
+	8,  // 7: regent.v1.RecordObservationsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
+	16, // 8: regent.v1.UpdateChannelsCommand.channels:type_name -> regent.v1.ReplicationChannel
+	8,  // 9: regent.v1.UpdateChannelsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_command_proto_init() }
@@ -473,7 +731,7 @@ func file_regent_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_command_proto_rawDesc), len(file_regent_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

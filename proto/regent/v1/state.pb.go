@@ -637,15 +637,24 @@ func (x *Vote) GetError() string {
 
 // NodeStatus is the observed state of one PostgreSQL node.
 type NodeStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Role          NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=regent.v1.NodeRole" json:"role,omitempty"`
-	Timeline      uint32                 `protobuf:"varint,3,opt,name=timeline,proto3" json:"timeline,omitempty"`
-	CurrentLsn    uint64                 `protobuf:"varint,4,opt,name=current_lsn,json=currentLsn,proto3" json:"current_lsn,omitempty"`
-	ReceivedLsn   uint64                 `protobuf:"varint,5,opt,name=received_lsn,json=receivedLsn,proto3" json:"received_lsn,omitempty"`
-	ReplayLsn     uint64                 `protobuf:"varint,6,opt,name=replay_lsn,json=replayLsn,proto3" json:"replay_lsn,omitempty"`
-	Votes         []*Vote                `protobuf:"bytes,7,rep,name=votes,proto3" json:"votes,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role        NodeRole               `protobuf:"varint,2,opt,name=role,proto3,enum=regent.v1.NodeRole" json:"role,omitempty"`
+	Timeline    uint32                 `protobuf:"varint,3,opt,name=timeline,proto3" json:"timeline,omitempty"`
+	CurrentLsn  uint64                 `protobuf:"varint,4,opt,name=current_lsn,json=currentLsn,proto3" json:"current_lsn,omitempty"`
+	ReceivedLsn uint64                 `protobuf:"varint,5,opt,name=received_lsn,json=receivedLsn,proto3" json:"received_lsn,omitempty"`
+	ReplayLsn   uint64                 `protobuf:"varint,6,opt,name=replay_lsn,json=replayLsn,proto3" json:"replay_lsn,omitempty"`
+	Votes       []*Vote                `protobuf:"bytes,7,rep,name=votes,proto3" json:"votes,omitempty"`
+	UpdatedAt   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// PostgreSQL system identifier the node answered with (0 until first probed).
+	SystemIdentifier uint64 `protobuf:"varint,9,opt,name=system_identifier,json=systemIdentifier,proto3" json:"system_identifier,omitempty"`
+	// On a standby: WAL receiver status ("streaming", "catchup", … or "" when none runs) and the
+	// host:port it receives from.
+	WalReceiverStatus string `protobuf:"bytes,10,opt,name=wal_receiver_status,json=walReceiverStatus,proto3" json:"wal_receiver_status,omitempty"`
+	Upstream          string `protobuf:"bytes,11,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	ReplayPaused      bool   `protobuf:"varint,12,opt,name=replay_paused,json=replayPaused,proto3" json:"replay_paused,omitempty"`
+	// A witness saw this node answer with another cluster's system identifier.
+	WrongSystem   bool `protobuf:"varint,13,opt,name=wrong_system,json=wrongSystem,proto3" json:"wrong_system,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -734,6 +743,41 @@ func (x *NodeStatus) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *NodeStatus) GetSystemIdentifier() uint64 {
+	if x != nil {
+		return x.SystemIdentifier
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetWalReceiverStatus() string {
+	if x != nil {
+		return x.WalReceiverStatus
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetReplayPaused() bool {
+	if x != nil {
+		return x.ReplayPaused
+	}
+	return false
+}
+
+func (x *NodeStatus) GetWrongSystem() bool {
+	if x != nil {
+		return x.WrongSystem
+	}
+	return false
 }
 
 // Cluster is a cluster's replicated record: the last applied spec plus what regent has
@@ -1560,7 +1604,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\awitness\x18\x01 \x01(\tR\awitness\x12\x1c\n" +
 	"\treachable\x18\x02 \x01(\bR\treachable\x120\n" +
 	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xaa\x02\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xeb\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
@@ -1573,7 +1617,13 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"replay_lsn\x18\x06 \x01(\x04R\treplayLsn\x12%\n" +
 	"\x05votes\x18\a \x03(\v2\x0f.regent.v1.VoteR\x05votes\x129\n" +
 	"\n" +
-	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\x9c\x03\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12+\n" +
+	"\x11system_identifier\x18\t \x01(\x04R\x10systemIdentifier\x12.\n" +
+	"\x13wal_receiver_status\x18\n" +
+	" \x01(\tR\x11walReceiverStatus\x12\x1a\n" +
+	"\bupstream\x18\v \x01(\tR\bupstream\x12#\n" +
+	"\rreplay_paused\x18\f \x01(\bR\freplayPaused\x12!\n" +
+	"\fwrong_system\x18\r \x01(\bR\vwrongSystem\"\x9c\x03\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12)\n" +
