@@ -571,9 +571,12 @@ func (x *RecordObservationsCommand) GetNodes() []*NodeStatusUpdate {
 // every cluster (upserted by cluster, primary_region, secondary_region; ids are assigned by
 // Apply) and nodes' latest LSNs.
 type UpdateChannelsCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Channels      []*ReplicationChannel  `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
-	Nodes         []*NodeStatusUpdate    `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Channels []*ReplicationChannel  `protobuf:"bytes,1,rep,name=channels,proto3" json:"channels,omitempty"`
+	Nodes    []*NodeStatusUpdate    `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Clusters whose channel set this command replaces entirely: their channels that are not in
+	// `channels` are deleted. Channels of other clusters are only upserted.
+	Clusters      []string `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -622,6 +625,13 @@ func (x *UpdateChannelsCommand) GetNodes() []*NodeStatusUpdate {
 	return nil
 }
 
+func (x *UpdateChannelsCommand) GetClusters() []string {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
 var File_regent_v1_command_proto protoreflect.FileDescriptor
 
 const file_regent_v1_command_proto_rawDesc = "" +
@@ -654,10 +664,11 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x15.regent.v1.NodeStatusR\x06status\"{\n" +
 	"\x19RecordObservationsCommand\x12+\n" +
 	"\x05votes\x18\x01 \x03(\v2\x15.regent.v1.VoteUpdateR\x05votes\x121\n" +
-	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes\"\x85\x01\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes\"\xa1\x01\n" +
 	"\x15UpdateChannelsCommand\x129\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1d.regent.v1.ReplicationChannelR\bchannels\x121\n" +
-	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes*\x93\x02\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes\x12\x1a\n" +
+	"\bclusters\x18\x03 \x03(\tR\bclusters*\x93\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_APPLY_CLUSTER\x10\x01\x12\x1f\n" +
