@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +54,10 @@ type Agent struct {
 	TrailingLogs uint64 `yaml:"trailing_logs"`
 	// Log chooses the log format and level.
 	Log Log `yaml:"log"`
+	// Postgres is how this witness logs in to the PostgreSQL nodes it probes.
+	Postgres Postgres `yaml:"postgres"`
+	// Alerts configures where alerts go besides the log.
+	Alerts Alerts `yaml:"alerts"`
 }
 
 // Log is the logging section of the agent configuration.
@@ -83,7 +88,17 @@ const (
 	DefaultSnapshotThreshold = 8192
 	DefaultSnapshotInterval  = 30 * time.Second
 	DefaultTrailingLogs      = 10240
+	DefaultPostgresUser      = "regent"
+	DefaultPostgresDatabase  = "postgres"
+	DefaultPostgresSSLMode   = "prefer"
+	DefaultWebhookTimeout    = 5 * time.Second
+	DefaultWebhookRetries    = 3
+	// MaxWebhookRetries bounds webhook_retries.
+	MaxWebhookRetries = 10
 )
+
+// sslModes are libpq's sslmode values, in order of strength.
+var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 
 var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
 
@@ -115,9 +130,17 @@ func Parse(data []byte, name string) (*Agent, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %w: %s", name, ErrInvalid, cleanYAMLError(err))
 	}
+	// present maps each key given in the file to its line; keys of the nested sections are
+	// recorded as "section.key".
 	present := map[string]int{}
 	for i := 0; i+1 < len(top.Content); i += 2 {
-		present[top.Content[i].Value] = top.Content[i].Line
+		key, val := top.Content[i], top.Content[i+1]
+		present[key.Value] = key.Line
+		if val.Kind == yaml.MappingNode {
+			for j := 0; j+1 < len(val.Content); j += 2 {
+				present[key.Value+"."+val.Content[j].Value] = val.Content[j].Line
+			}
+		}
 	}
 	var problems []string
 	for _, key := range []string{"node_name", "region", "data_dir", "raft_addr", "gossip_addr", "grpc_addr", "http_addr"} {
@@ -128,6 +151,11 @@ func Parse(data []byte, name string) (*Agent, error) {
 	line := func(key string) string {
 		if l, ok := present[key]; ok {
 			return name + ":" + strconv.Itoa(l)
+		}
+		if section, _, nested := strings.Cut(key, "."); nested {
+			if l, ok := present[section]; ok {
+				return name + ":" + strconv.Itoa(l)
+			}
 		}
 		return name
 	}
@@ -162,6 +190,22 @@ func (c *Agent) applyDefaults(present map[string]int) {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
+	}
+	if c.Postgres.User == "" {
+		c.Postgres.User = DefaultPostgresUser
+	}
+	if c.Postgres.Database == "" {
+		c.Postgres.Database = DefaultPostgresDatabase
+	}
+	if c.Postgres.SSLMode == "" {
+		c.Postgres.SSLMode = DefaultPostgresSSLMode
+	}
+	// An explicit 0 is kept for both so that validate can name it.
+	if _, ok := present["alerts.webhook_timeout"]; !ok {
+		c.Alerts.WebhookTimeout.Duration = DefaultWebhookTimeout
+	}
+	if _, ok := present["alerts.webhook_retries"]; !ok {
+		c.Alerts.WebhookRetries = DefaultWebhookRetries
 	}
 }
 
@@ -199,6 +243,25 @@ func (c *Agent) validate() []problem {
 	case "debug", "info", "warn", "error":
 	default:
 		add("log", "level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !slices.Contains(sslModes, c.Postgres.SSLMode) {
+		add("postgres.sslmode", "%q is not one of %s", c.Postgres.SSLMode, strings.Join(sslModes, ", "))
+	}
+	if c.Postgres.PasswordFile != "" {
+		if err := checkPassfile(c.Postgres.PasswordFile); err != nil {
+			add("postgres.password_file", "%v", err)
+		}
+	}
+	if c.Alerts.WebhookURL != "" {
+		if err := checkWebhookURL(c.Alerts.WebhookURL); err != nil {
+			add("alerts.webhook_url", "%v", err)
+		}
+	}
+	if c.Alerts.WebhookTimeout.Duration <= 0 {
+		add("alerts.webhook_timeout", "%v must be greater than 0 (default %v)", c.Alerts.WebhookTimeout.Duration, DefaultWebhookTimeout)
+	}
+	if c.Alerts.WebhookRetries < 0 || c.Alerts.WebhookRetries > MaxWebhookRetries {
+		add("alerts.webhook_retries", "%d is out of range 0-%d", c.Alerts.WebhookRetries, MaxWebhookRetries)
 	}
 	// Keys are ranged from a map above; sort for a stable message.
 	sortProblems(ps)
@@ -239,6 +302,42 @@ func cleanYAMLError(err error) string {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: ")
 	msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
-	msg = regexp.MustCompile(`field (\S+) not found in type \S+`).ReplaceAllString(msg, "unknown key \"$1\"")
+	msg = fieldNotFoundRE.ReplaceAllString(msg, "unknown key \"$1\"")
+	msg = cannotUnmarshalRE.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := cannotUnmarshalRE.FindStringSubmatch(m)
+		what := sub[2]
+		switch {
+		case what != "":
+		case sub[1] == "seq":
+			what = "a list"
+		case sub[1] == "map":
+			what = "a mapping"
+		default:
+			what = "a " + sub[1]
+		}
+		return what + " is not " + yamlKindOf(sub[3])
+	})
 	return msg
+}
+
+var (
+	fieldNotFoundRE   = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	cannotUnmarshalRE = regexp.MustCompile("cannot unmarshal !!(\\w+)(?: (`[^`]*`|\\S+))? into (\\S+)")
+)
+
+// yamlKindOf names what a Go type the decoder mentions looks like in YAML.
+func yamlKindOf(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map[") || strings.HasPrefix(goType, "config."):
+		return "a mapping of keys"
+	case strings.HasPrefix(goType, "int") || strings.HasPrefix(goType, "uint"):
+		return "a whole number"
+	case strings.HasPrefix(goType, "float"):
+		return "a number"
+	case goType == "string":
+		return "a string"
+	}
+	return "a " + goType
 }
