@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -87,6 +88,9 @@ func New(ctx context.Context, opts Options) (*Bench, error) {
 	base, err := os.MkdirTemp(opts.Dir, "regent-pgtest-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: creating the bench directory: %w", err)
+	}
+	if abs, err := filepath.Abs(base); err == nil {
+		base = abs
 	}
 	b := &Bench{Dir: base, binDir: bin, runAs: ra, password: opts.Password, opts: opts}
 	if b.password == "" {
@@ -260,14 +264,56 @@ func (b *Bench) startNew(ctx context.Context, s *Server) error {
 	return err
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// Ports handed out by this process, never handed out twice: a stopped
+// server keeps its port for its next start.
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// picks at random below the kernel's ephemeral range, where neither bind to
+// port 0 (used by most other tests) nor outgoing connections take ports, so
+// that another process is unlikely to grab the port, even while a killed
+// server is down. When that range is too small it falls back to port 0.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pgtest: finding a free loopback port: %w", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	start := max(10000, lo-20000)
+	for attempt := 0; attempt < 100 && lo-start >= 1000; attempt++ {
+		port := start + rand.IntN(lo-start)
+		if portsUsed[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsUsed[port] = true
+		return port, nil
+	}
+	for attempt := 0; attempt < 10; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("pgtest: finding a free loopback port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsUsed[port] {
+			portsUsed[port] = true
+			return port, nil
+		}
+	}
+	return 0, errors.New("pgtest: no free loopback port found")
 }
 
 // NewPrimary creates and starts a new primary with initdb: an unrelated

@@ -53,6 +53,19 @@ func TestBench(t *testing.T) {
 		}
 	})
 
+	t.Run("query", func(t *testing.T) {
+		rows, err := p.Query(ctx, "SELECT i, 'r' || i FROM generate_series(1, 3) AS i")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 3 || rows[2][0] != int32(3) || rows[2][1] != "r3" {
+			t.Fatalf("Query rows = %v", rows)
+		}
+		if _, err := p.Query(ctx, "SELECT nosuchcolumn"); err == nil {
+			t.Fatal("a bad query succeeded")
+		}
+	})
+
 	t.Run("same system identifier", func(t *testing.T) {
 		want, err := p.SystemIdentifier(ctx)
 		if err != nil || want == 0 {

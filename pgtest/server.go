@@ -178,7 +178,16 @@ func (s *Server) startLocked(ctx context.Context) error {
 		if err != nil {
 			return false, err
 		}
-		c.Close(cctx)
+		defer c.Close(cctx)
+		// Make sure it is this server that answers, not another one that
+		// took the port while ours failed to bind it.
+		res, err := c.Exec(cctx, "SHOW data_directory").ReadAll()
+		if err != nil {
+			return false, err
+		}
+		if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != s.DataDir {
+			return false, fmt.Errorf("another server answers on port %d", s.Port)
+		}
 		return true, nil
 	})
 	if err == nil {
@@ -374,4 +383,31 @@ func (r Row) Scan(dest ...any) error {
 		return fmt.Errorf("pgtest: on %s, %q: %w", r.s, r.sql, err)
 	}
 	return nil
+}
+
+// Query runs a query as SuperUser on a fresh connection and returns every
+// row's values, decoded as pgx decodes them (rows.Values).
+func (s *Server) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
+	c, err := s.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close(context.Background())
+	rows, err := c.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: on %s, %q: %w", s, sql, err)
+	}
+	defer rows.Close()
+	var out [][]any
+	for rows.Next() {
+		v, err := rows.Values()
+		if err != nil {
+			return nil, fmt.Errorf("pgtest: on %s, %q: %w", s, sql, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgtest: on %s, %q: %w", s, sql, err)
+	}
+	return out, nil
 }
