@@ -35,10 +35,6 @@ const (
 // port between choosing it and binding it; the bench retries on a new port.
 var errPortInUse = errors.New("port already in use")
 
-// ErrNotRunning is returned (wrapped) by Server methods that need a running
-// postmaster when there is none.
-var ErrNotRunning = errors.New("server is not running")
-
 // Server is one PostgreSQL postmaster managed by a Bench. Its exported
 // fields are fixed once the Bench has returned it; do not modify them.
 type Server struct {

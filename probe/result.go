@@ -52,7 +52,7 @@ type Result struct {
 	// connected to; empty without a WAL receiver or without the
 	// privilege to see them (pg_read_all_stats, part of pg_monitor).
 	SenderHost string
-	SenderPort uint16
+	SenderPort uint16 // see SenderHost
 	// ReplayPaused is true when replay is paused on a standby
 	// (pg_get_wal_replay_pause_state() = 'paused').
 	ReplayPaused bool

@@ -20,7 +20,7 @@ type Target struct {
 	Cluster, Node string
 	// Host is a host name or IP address; Port its PostgreSQL port.
 	Host string
-	Port uint16
+	Port uint16 // see Host
 	// User and Database to log in as and to. The role needs pg_monitor
 	// (or superuser) to see the WAL receiver's sender address.
 	User, Database string
