@@ -45,6 +45,16 @@ var handlers = map[regentv1.CommandType]handler{
 		newPayload: func() proto.Message { return &regentv1.RecordAuditCommand{} },
 		apply:      func(tx *txn, p proto.Message) error { return recordAudit(tx, p.(*regentv1.RecordAuditCommand)) },
 	},
+	regentv1.CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS: {
+		newPayload: func() proto.Message { return &regentv1.RecordObservationsCommand{} },
+		apply: func(tx *txn, p proto.Message) error {
+			return recordObservations(tx, p.(*regentv1.RecordObservationsCommand))
+		},
+	},
+	regentv1.CommandType_COMMAND_TYPE_UPDATE_CHANNELS: {
+		newPayload: func() proto.Message { return &regentv1.UpdateChannelsCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return updateChannels(tx, p.(*regentv1.UpdateChannelsCommand)) },
+	},
 }
 
 var deterministic = proto.MarshalOptions{Deterministic: true}

@@ -20,6 +20,14 @@ func sampleEntries() []entry {
 		upsertCmd(testMember("w1", "id-1")),
 		removeCmd("w1"),
 		auditCmd("pause", "orders"),
+		observeCmd(&regentv1.RecordObservationsCommand{
+			Votes: []*regentv1.VoteUpdate{{Cluster: "orders", Node: "n1", Vote: &regentv1.Vote{Witness: "w1", Reachable: true}}},
+			Nodes: []*regentv1.NodeStatusUpdate{{Cluster: "orders", Status: &regentv1.NodeStatus{Name: "n1", Role: regentv1.NodeRole_NODE_ROLE_PRIMARY}}},
+		}),
+		channelsCmd(&regentv1.UpdateChannelsCommand{
+			Channels: []*regentv1.ReplicationChannel{{Cluster: "orders", PrimaryRegion: "r0", SecondaryRegion: "r1", ApplyLsn: 10, PrimaryLsn: 20, LagBytes: 10}},
+			Clusters: []string{"orders"},
+		}),
 	}
 }
 

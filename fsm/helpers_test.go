@@ -88,6 +88,14 @@ func auditCmd(action, target string) entry {
 	return entry{typ: regentv1.CommandType_COMMAND_TYPE_RECORD_AUDIT, payload: &regentv1.RecordAuditCommand{Action: action, Target: target}, actor: "carol"}
 }
 
+func observeCmd(c *regentv1.RecordObservationsCommand) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS, payload: c, actor: "regent/w1"}
+}
+
+func channelsCmd(c *regentv1.UpdateChannelsCommand) entry {
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_UPDATE_CHANNELS, payload: c, actor: "regent/w1"}
+}
+
 func testSpec(name string, primary string, nodes ...string) *regentv1.ClusterSpec {
 	s := &regentv1.ClusterSpec{Name: name, Primary: primary}
 	for i, n := range nodes {
@@ -194,7 +202,7 @@ func genLog(r *rand.Rand, n int) []entry {
 	for range n {
 		at = at.Add(time.Duration(r.IntN(5000)) * time.Millisecond)
 		var e entry
-		switch k := r.IntN(10); {
+		switch k := r.IntN(13); {
 		case k < 4:
 			var ns []string
 			for _, nn := range nodes {
@@ -228,15 +236,81 @@ func genLog(r *rand.Rand, n int) []entry {
 			e = upsertCmd(m)
 		case k < 8:
 			e = removeCmd(members[r.IntN(len(members))])
-		default:
+		case k < 9:
 			action := []string{"failover.request", "pause", ""}[r.IntN(3)]
 			e = auditCmd(action, clusters[r.IntN(len(clusters))])
+		case k < 11:
+			e = genObservations(r, clusters, nodes, members, at)
+		default:
+			e = genChannels(r, clusters, nodes, at)
 		}
 		e.at = at
 		e.actor = []string{"alice", "bob", "regent/w2"}[r.IntN(3)]
 		out = append(out, e)
 	}
 	return out
+}
+
+// genObservations generates a RECORD_OBSERVATIONS command: votes and node facts for names
+// that may or may not exist, repeated values (no-ops), and now and then a malformed update.
+func genObservations(r *rand.Rand, clusters, nodes, witnesses []string, at time.Time) entry {
+	cmd := &regentv1.RecordObservationsCommand{}
+	for range r.IntN(6) {
+		v := &regentv1.Vote{Witness: witnesses[r.IntN(len(witnesses))], Reachable: r.IntN(2) == 0,
+			Error: []string{"", "timeout", "wrong_system"}[r.IntN(3)]}
+		if r.IntN(2) == 0 {
+			v.Since = timestamppb.New(at.Add(-time.Duration(r.IntN(3000)) * time.Millisecond))
+		}
+		if r.IntN(40) == 0 {
+			v.Witness = ""
+		}
+		cmd.Votes = append(cmd.Votes, &regentv1.VoteUpdate{Cluster: clusters[r.IntN(len(clusters))], Node: nodes[r.IntN(len(nodes))], Vote: v})
+	}
+	cmd.Nodes = genNodeUpdates(r, clusters, nodes, at)
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS, payload: cmd}
+}
+
+func genNodeUpdates(r *rand.Rand, clusters, nodes []string, at time.Time) []*regentv1.NodeStatusUpdate {
+	var out []*regentv1.NodeStatusUpdate
+	for range r.IntN(4) {
+		st := &regentv1.NodeStatus{Name: nodes[r.IntN(len(nodes))], Role: regentv1.NodeRole(r.IntN(5)), Timeline: uint32(r.IntN(3) + 1),
+			CurrentLsn: uint64(r.IntN(4)) << 20, ReplayLsn: uint64(r.IntN(4)) << 20, SystemIdentifier: uint64(r.IntN(2)) + 7000,
+			WalReceiverStatus: []string{"", "streaming"}[r.IntN(2)], ReplayPaused: r.IntN(5) == 0, WrongSystem: r.IntN(5) == 0}
+		if r.IntN(2) == 0 {
+			st.UpdatedAt = timestamppb.New(at)
+		}
+		if r.IntN(40) == 0 {
+			st.Role = 9
+		}
+		out = append(out, &regentv1.NodeStatusUpdate{Cluster: clusters[r.IntN(len(clusters))], Status: st})
+	}
+	return out
+}
+
+// genChannels generates an UPDATE_CHANNELS command that upserts channels (new and existing
+// keys, identical figures), sometimes replaces clusters' channel sets, and now and then
+// repeats a key (rejected).
+func genChannels(r *rand.Rand, clusters, nodes []string, at time.Time) entry {
+	regions := []string{"r0", "r1", "r2"}
+	cmd := &regentv1.UpdateChannelsCommand{}
+	seen := map[channelKey]bool{}
+	for range r.IntN(5) {
+		ch := &regentv1.ReplicationChannel{Cluster: clusters[r.IntN(len(clusters))], PrimaryRegion: regions[r.IntN(len(regions))],
+			SecondaryRegion: regions[r.IntN(len(regions))], Status: regentv1.ChannelStatus(r.IntN(5)),
+			ApplyLsn: uint64(r.IntN(3)) << 20, PrimaryLsn: 3 << 20, LagSeconds: int64(r.IntN(3)) * 60,
+			LastSeenAt: timestamppb.New(at.Truncate(10 * time.Second))}
+		ch.LagBytes = ch.PrimaryLsn - ch.ApplyLsn
+		if seen[keyOf(ch)] && r.IntN(4) > 0 {
+			continue // mostly avoid the duplicate, sometimes send it (and be rejected)
+		}
+		seen[keyOf(ch)] = true
+		cmd.Channels = append(cmd.Channels, ch)
+	}
+	if r.IntN(3) == 0 {
+		cmd.Clusters = append(cmd.Clusters, clusters[r.IntN(len(clusters))])
+	}
+	cmd.Nodes = genNodeUpdates(r, clusters, nodes, at)
+	return entry{typ: regentv1.CommandType_COMMAND_TYPE_UPDATE_CHANNELS, payload: cmd}
 }
 
 // genState generates a random state in canonical form, including object kinds that no
@@ -255,7 +329,9 @@ func genState(r *rand.Rand) *regentv1.State {
 			c.Nodes = append(c.Nodes, &regentv1.NodeSpec{Name: n, Region: "r" + n, Host: "h", Port: uint32(r.IntN(65535) + 1),
 				Tags: []string{"t"}[:r.IntN(2)], Priority: r.Int32() - r.Int32()})
 			st := &regentv1.NodeStatus{Name: n, Role: regentv1.NodeRole(r.IntN(5)), Timeline: r.Uint32(),
-				CurrentLsn: r.Uint64(), ReplayLsn: r.Uint64(), UpdatedAt: ts()}
+				CurrentLsn: r.Uint64(), ReplayLsn: r.Uint64(), UpdatedAt: ts(), ReceivedLsn: r.Uint64(), SystemIdentifier: r.Uint64(),
+				WalReceiverStatus: []string{"", "streaming", "catchup"}[r.IntN(3)], Upstream: "h:5432", ReplayPaused: r.IntN(2) == 0,
+				WrongSystem: r.IntN(4) == 0}
 			for k := range r.IntN(3) {
 				st.Votes = append(st.Votes, &regentv1.Vote{Witness: fmt.Sprintf("w%d", k), Reachable: r.IntN(2) == 0, Since: ts(), Error: "timeout"})
 			}
@@ -276,7 +352,7 @@ func genState(r *rand.Rand) *regentv1.State {
 	id := uint64(0)
 	for range r.IntN(8) {
 		id += r.Uint64N(3) + 1
-		s.Channels = append(s.Channels, &regentv1.ReplicationChannel{Id: id, Cluster: "c00", PrimaryRegion: "a", SecondaryRegion: "b",
+		s.Channels = append(s.Channels, &regentv1.ReplicationChannel{Id: id, Cluster: "c00", PrimaryRegion: "a", SecondaryRegion: fmt.Sprintf("b%d", id),
 			Status: regentv1.ChannelStatus(r.IntN(5)), ApplyLsn: r.Uint64(), PrimaryLsn: r.Uint64(), LagSeconds: r.Int64(),
 			LastSeenAt: ts(), LagBytes: r.Uint64(), EstimatedLagSeconds: r.Float64() * 100})
 	}

@@ -334,6 +334,21 @@ func checkState(s *regentv1.State) error {
 			func(n *regentv1.NodeStatus) string { return n.GetName() }); err != nil {
 			return err
 		}
+		for _, n := range c.NodeStatus {
+			if err := sortedUnique(fmt.Sprintf("votes on node %q of cluster %q", n.GetName(), c.GetName()), n.Votes,
+				func(v *regentv1.Vote) string { return v.GetWitness() }); err != nil {
+				return err
+			}
+		}
+	}
+	// UPDATE_CHANNELS upserts by (cluster, primary region, secondary region), so that key
+	// must name one channel.
+	seen := make(map[channelKey]uint64, len(s.Channels))
+	for _, ch := range s.Channels {
+		if id, dup := seen[keyOf(ch)]; dup {
+			return fmt.Errorf("channels %d and %d are both %s", id, ch.GetId(), keyOf(ch))
+		}
+		seen[keyOf(ch)] = ch.GetId()
 	}
 	return nil
 }

@@ -25,6 +25,14 @@ func replay(t *testing.T, f *FSM, log []entry) {
 // TestReplayIsDeterministic: the same log, rejected entries included, gives byte-identical
 // snapshots on two FSMs, and on a third that restored a snapshot half way.
 func TestReplayIsDeterministic(t *testing.T) {
+	// The generator must exercise the observation commands, not only send them.
+	var votes, facts, channels, channelDeletes int
+	defer func() {
+		if votes == 0 || facts == 0 || channels == 0 || channelDeletes == 0 {
+			t.Errorf("generated logs left %d votes, %d observed nodes, %d channels, %d channel deletions; want all > 0",
+				votes, facts, channels, channelDeletes)
+		}
+	}()
 	for seed := uint64(1); seed <= 20; seed++ {
 		log := genLog(rand.New(rand.NewPCG(seed, 42)), 400)
 		a, b := New(), New()
@@ -41,6 +49,22 @@ func TestReplayIsDeterministic(t *testing.T) {
 		}
 		if rejected == 0 || rejected == len(log) {
 			t.Fatalf("seed %d: %d of %d entries rejected; the generator should mix both", seed, rejected, len(log))
+		}
+		st, _ := a.State()
+		channels += len(st.Channels)
+		for _, c := range st.Clusters {
+			for _, n := range c.NodeStatus {
+				votes += len(n.Votes)
+				if n.UpdatedAt != nil {
+					facts++
+				}
+			}
+		}
+		evs, _, _ := a.ChangesSince(0)
+		for _, ev := range evs {
+			if ev.Kind == KindChannel && ev.Deleted {
+				channelDeletes++
+			}
 		}
 		sa, sb := snapshotBytes(t, a), snapshotBytes(t, b)
 		if !bytes.Equal(sa, sb) {
