@@ -34,13 +34,17 @@ VALUES ($1, $2, $3, now(), pg_current_wal_lsn())
 ON CONFLICT (cluster, node) DO UPDATE SET region = excluded.region, ts = excluded.ts, lsn = excluded.lsn
 RETURNING ts`
 
-// ReadQuery returns the newest heartbeat time of a cluster ($1) visible on the server it runs
-// on, or NULL when the table does not exist yet or holds no row for the cluster. It is safe on a
-// standby and costs one round trip: the table is only named inside query_to_xml's dynamic SQL,
-// which runs only when the table exists (a plain reference would fail at parse time before it).
-const ReadQuery = `SELECT CASE WHEN to_regclass('regent.heartbeat') IS NULL THEN NULL
+// ReadExpr is a SQL expression giving the newest heartbeat time of a cluster ($1) visible on
+// the server it runs on, or NULL when the table does not exist yet or holds no row for the
+// cluster. It is safe on a standby and needs no extra round trip: the table is only named inside
+// query_to_xml's dynamic SQL, which runs only when the table exists (a plain reference would
+// fail at parse time on a server that has no table yet).
+const ReadExpr = `CASE WHEN to_regclass('regent.heartbeat') IS NULL THEN NULL
   ELSE ((xpath('/row/m/text()', query_to_xml(format(
     'SELECT max(ts) AS m FROM regent.heartbeat WHERE cluster = %L', $1::text), false, true, '')))[1])::text::timestamptz END`
+
+// ReadQuery selects ReadExpr.
+const ReadQuery = "SELECT " + ReadExpr
 
 // Target is the primary to write on.
 type Target struct {

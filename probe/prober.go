@@ -1,6 +1,8 @@
 package probe
 
 import (
+	"github.com/regentdb/regent/heartbeat"
+
 	"context"
 	"errors"
 	"fmt"
@@ -96,13 +98,15 @@ SELECT r.rec,
   coalesce(w.sender_host, ''),
   coalesce(w.sender_port, 0)::bigint,
   CASE WHEN r.rec THEN PAUSED ELSE false END,
-  pg_last_xact_replay_timestamp()
+  pg_last_xact_replay_timestamp(),
+  HEARTBEAT
 FROM r LEFT JOIN pg_stat_wal_receiver w ON true`
 
 var (
-	query14 = strings.Replace(probeQuery, "PAUSED", "pg_get_wal_replay_pause_state() = 'paused'", 1)
+	withHeartbeat = strings.Replace(probeQuery, "HEARTBEAT", heartbeat.ReadExpr, 1)
+	query14       = strings.Replace(withHeartbeat, "PAUSED", "pg_get_wal_replay_pause_state() = 'paused'", 1)
 	// Before 14, pg_is_wal_replay_paused() is true from the request on.
-	query10 = strings.Replace(probeQuery, "PAUSED", "pg_is_wal_replay_paused()", 1)
+	query10 = strings.Replace(withHeartbeat, "PAUSED", "pg_is_wal_replay_paused()", 1)
 )
 
 // Probe probes one target and returns what it found. It never takes longer
@@ -202,10 +206,10 @@ func (p *Prober) query(ctx context.Context, s *slot, t Target, fp string, res *R
 	var (
 		cur, rec, rep        *string
 		sysid, tli, sendPort int64
-		replayTS             *time.Time
+		replayTS, beatTS     *time.Time
 	)
-	err := s.conn.QueryRow(ctx, q).Scan(&res.InRecovery, &cur, &rec, &rep, &sysid, &tli,
-		&res.WalReceiverStatus, &res.SenderHost, &sendPort, &res.ReplayPaused, &replayTS)
+	err := s.conn.QueryRow(ctx, q, t.Cluster).Scan(&res.InRecovery, &cur, &rec, &rep, &sysid, &tli,
+		&res.WalReceiverStatus, &res.SenderHost, &sendPort, &res.ReplayPaused, &replayTS, &beatTS)
 	if err != nil {
 		closeNow(s.conn)
 		s.conn = nil
@@ -216,6 +220,9 @@ func (p *Prober) query(ctx context.Context, s *slot, t Target, fp string, res *R
 	res.SenderPort = uint16(sendPort)
 	if replayTS != nil {
 		res.LastReplayTimestamp = *replayTS
+	}
+	if beatTS != nil {
+		res.HeartbeatAt = *beatTS
 	}
 	var errs []error
 	var e error

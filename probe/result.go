@@ -60,6 +60,10 @@ type Result struct {
 	// time of the last transaction replayed; zero when none. It stops
 	// moving when the primary is idle, so it alone does not measure lag.
 	LastReplayTimestamp time.Time
+	// HeartbeatAt is the newest regent.heartbeat time of the target's cluster visible on the
+	// node (written on the primary by the witness leader, replicated to standbys); zero when
+	// there is none yet.
+	HeartbeatAt time.Time
 }
 
 // Role returns "primary" or "replica" for a reachable node, else "".
