@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/regentdb/regent/alert"
 	"github.com/regentdb/regent/api"
 	"github.com/regentdb/regent/config"
 	"github.com/regentdb/regent/fsm"
@@ -49,6 +50,12 @@ type Agent struct {
 
 	reconciles atomic.Uint64
 
+	alerts    *alert.Notifier
+	observer  *observer
+	obsMu     sync.Mutex
+	leaderObs *leaderObserve
+	beating   map[string]bool // clusters whose heartbeat write is under way
+
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	stopOnce sync.Once
@@ -66,7 +73,7 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, logger: logger, id: id}
+	a := &Agent{cfg: cfg, logger: logger, id: id, beating: map[string]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	ok := false
@@ -107,7 +114,13 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	}
 	a.metrics.register(a)
 
+	a.alerts = alert.New(alert.Options{
+		WebhookURL: cfg.Alerts.WebhookURL, Timeout: cfg.Alerts.WebhookTimeout.Duration,
+		Retries: cfg.Alerts.WebhookRetries, Logger: logger,
+	})
 	a.api = api.New(cfg.NodeName, a.store, a.gossip, logger)
+	a.api.SetReportHandler(a.onReport)
+	a.observer = newObserver(a)
 	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for gRPC on %s (is the port free?): %w", cfg.GRPCAddr, err)
@@ -138,6 +151,7 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	a.goLoop(func() { a.bootstrapLoop(ctx) })
 	a.goLoop(func() { a.leaderLoop(ctx) })
 	a.goLoop(func() { a.healthLoop(ctx) })
+	a.goLoop(func() { a.observer.run(ctx) })
 	logger.Info("witness started", "id", id, "region", cfg.Region, "raft", cfg.RaftAddr, "gossip", cfg.GossipAddr,
 		"grpc", cfg.GRPCAddr, "http", cfg.HTTPAddr, "has_state", a.store.HasState())
 	ok = true
@@ -213,10 +227,17 @@ func (a *Agent) Shutdown() error {
 				errs = append(errs, fmt.Errorf("leave gossip: %w", err))
 			}
 		}
+		a.wg.Wait()
 		if a.store != nil {
 			errs = append(errs, a.store.Close())
 		}
-		a.wg.Wait()
+		if a.alerts != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := a.alerts.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("alerts: %w", err))
+			}
+			cancel()
+		}
 		a.stopErr = errors.Join(errs...)
 		a.logger.Info("witness stopped")
 	})

@@ -125,7 +125,8 @@ func (a *Agent) leaderLoop(ctx context.Context) {
 }
 
 // lead establishes leadership (a barrier so the FSM holds everything earlier leaders
-// committed), then reconciles gossip membership into Raft until the context ends.
+// committed), then, until the context ends, reconciles gossip membership into Raft and runs the
+// leader's share of observing (see observeAsLeader).
 func (a *Agent) lead(ctx context.Context) {
 	a.logger.Info("leadership acquired", "term", a.store.Term())
 	for {
@@ -140,6 +141,12 @@ func (a *Agent) lead(ctx context.Context) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+	observing := make(chan struct{})
+	go func() {
+		defer close(observing)
+		a.observeAsLeader(ctx)
+	}()
+	defer func() { <-observing }()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/api"
+	"github.com/regentdb/regent/probe"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
 // metrics is one agent's Prometheus registry (not the global one: the lab and tests run several
@@ -20,6 +22,7 @@ import (
 type metrics struct {
 	reg      *prometheus.Registry
 	apply    prometheus.Histogram
+	probes   *prometheus.HistogramVec
 	requests *prometheus.CounterVec
 }
 
@@ -34,11 +37,24 @@ func newMetrics() *metrics {
 		Name: "regent_grpc_requests_total",
 		Help: "gRPC requests served, by method and status code.",
 	}, []string{"method", "code"})
-	m.reg.MustRegister(m.apply, m.requests, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.probes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "regent_probe_duration_seconds",
+		Help:    "Duration of this witness's PostgreSQL probes, connecting included, by result (ok or the error class).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
+	}, []string{"result"})
+	m.reg.MustRegister(m.apply, m.requests, m.probes, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) observeApply(d time.Duration) { m.apply.Observe(d.Seconds()) }
+
+func (m *metrics) observeProbe(r probe.Result) {
+	result := "ok"
+	if !r.Reachable {
+		result = string(r.ErrorClass)
+	}
+	m.probes.WithLabelValues(result).Observe(r.Latency.Seconds())
+}
 
 // register adds the gauges read from the agent at scrape time.
 func (m *metrics) register(a *Agent) {
@@ -59,14 +75,21 @@ func (m *metrics) register(a *Agent) {
 var (
 	raftStateDesc = prometheus.NewDesc("regent_raft_state", "1 for this node's current Raft state.", []string{"state"}, nil)
 	membersDesc   = prometheus.NewDesc("regent_members", "Witnesses known to gossip, by state.", []string{"state"}, nil)
+	channelLabels = []string{"cluster", "primary_region", "secondary_region"}
+	lagSecDesc    = prometheus.NewDesc("regent_channel_lag_seconds", "Replication lag of a channel in seconds (heartbeat-based).", channelLabels, nil)
+	lagBytesDesc  = prometheus.NewDesc("regent_channel_lag_bytes", "Replication lag of a channel in WAL bytes (primary LSN - apply LSN).", channelLabels, nil)
+	chStatusDesc  = prometheus.NewDesc("regent_channel_status", "1 for a channel's current status.", append(channelLabels, "status"), nil)
+	reachDesc     = prometheus.NewDesc("regent_node_reachable", "1 when the witness's committed vote says the node is reachable.", []string{"cluster", "node", "witness"}, nil)
+	alertsDesc    = prometheus.NewDesc("regent_alerts_total", "Alerts handed to the webhook, by outcome.", []string{"outcome"}, nil)
 )
 
 // stateCollector reports labelled gauges whose label sets come from live state.
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- raftStateDesc
-	ch <- membersDesc
+	for _, d := range []*prometheus.Desc{raftStateDesc, membersDesc, lagSecDesc, lagBytesDesc, chStatusDesc, reachDesc, alertsDesc} {
+		ch <- d
+	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -85,6 +108,35 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range counts {
 		ch <- prometheus.MustNewConstMetric(membersDesc, prometheus.GaugeValue, n, s)
 	}
+	st, _ := c.a.fsm.State()
+	for _, chn := range st.GetChannels() {
+		lv := []string{chn.GetCluster(), chn.GetPrimaryRegion(), chn.GetSecondaryRegion()}
+		ch <- prometheus.MustNewConstMetric(lagSecDesc, prometheus.GaugeValue, float64(chn.GetLagSeconds()), lv...)
+		ch <- prometheus.MustNewConstMetric(lagBytesDesc, prometheus.GaugeValue, float64(chn.GetLagBytes()), lv...)
+		for _, s := range []regentv1.ChannelStatus{regentv1.ChannelStatus_CHANNEL_STATUS_ACTIVE, regentv1.ChannelStatus_CHANNEL_STATUS_LAGGING,
+			regentv1.ChannelStatus_CHANNEL_STATUS_FAILED, regentv1.ChannelStatus_CHANNEL_STATUS_REBUILDING} {
+			v := 0.0
+			if chn.GetStatus() == s {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(chStatusDesc, prometheus.GaugeValue, v, append(lv, channelStatus(s))...)
+		}
+	}
+	for _, cl := range st.GetClusters() {
+		for _, ns := range cl.GetNodeStatus() {
+			for _, v := range ns.GetVotes() {
+				r := 0.0
+				if v.GetReachable() {
+					r = 1
+				}
+				ch <- prometheus.MustNewConstMetric(reachDesc, prometheus.GaugeValue, r, cl.GetName(), ns.GetName(), v.GetWitness())
+			}
+		}
+	}
+	sent, failed, dropped := c.a.alerts.Stats()
+	ch <- prometheus.MustNewConstMetric(alertsDesc, prometheus.CounterValue, float64(sent), "sent")
+	ch <- prometheus.MustNewConstMetric(alertsDesc, prometheus.CounterValue, float64(failed), "failed")
+	ch <- prometheus.MustNewConstMetric(alertsDesc, prometheus.CounterValue, float64(dropped), "dropped")
 }
 
 func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -42,8 +42,45 @@ type Server struct {
 	gossip *gossip.Gossip
 	logger *slog.Logger
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // leader gRPC address → connection
+	mu       sync.Mutex
+	conns    map[string]*grpc.ClientConn // leader gRPC address → connection
+	onReport func(witness string, obs []*regentv1.Observation) error
+}
+
+// SetReportHandler sets what the leader does with a witness's observations (see Report).
+func (s *Server) SetReportHandler(h func(witness string, obs []*regentv1.Observation) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onReport = h
+}
+
+// Report hands a witness's observations to the leader's handler; a follower forwards them.
+func (s *Server) Report(ctx context.Context, req *regentv1.ReportRequest) (*regentv1.ReportResponse, error) {
+	if req.GetWitness() == "" {
+		return nil, invalid("witness", "is required")
+	}
+	for i, o := range req.GetObservations() {
+		if o.GetCluster() == "" || o.GetNode() == "" || o.GetAt() == nil {
+			return nil, invalid(fmt.Sprintf("observations[%d]", i), "needs cluster, node and at")
+		}
+	}
+	if !s.store.IsLeader() {
+		c, fctx, err := s.leaderClient(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.Report(fctx, req)
+	}
+	s.mu.Lock()
+	h := s.onReport
+	s.mu.Unlock()
+	if h == nil {
+		return nil, retryable(codes.Unavailable, "this leader does not take reports yet; retry")
+	}
+	if err := h(req.GetWitness(), req.GetObservations()); err != nil {
+		return nil, retryable(codes.Unavailable, err.Error())
+	}
+	return &regentv1.ReportResponse{}, nil
 }
 
 // New returns the service for one witness named name.

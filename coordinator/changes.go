@@ -46,7 +46,7 @@ func (a *Aggregator) Changes(st *regentv1.State, now time.Time) *regentv1.Record
 				}
 				cmd.Votes = append(cmd.Votes, &regentv1.VoteUpdate{Cluster: c.GetName(), Node: ns.GetName(), Vote: v})
 			}
-			if d := n.derive(ns); factsDiffer(ns, d, false) {
+			if d := n.derive(ns, clusterSystemID(c, nodes)); factsDiffer(ns, d, false) {
 				d.UpdatedAt = timestamppb.New(now)
 				cmd.Nodes = append(cmd.Nodes, &regentv1.NodeStatusUpdate{Cluster: c.GetName(), Status: d})
 			}
@@ -81,7 +81,12 @@ func committedVote(ns *regentv1.NodeStatus, witness string) *regentv1.Vote {
 //     does not flap to unknown.
 //   - A committed role FENCED or REJOINING is never replaced here: the failover and rejoin
 //     sagas set and clear those; the other facts still follow the observations.
-func (n *nodeObs) derive(committed *regentv1.NodeStatus) *regentv1.NodeStatus {
+//   - A node whose trusted answers carry a system identifier other than the cluster's
+//     (clusterSys, when known), or that only ever answers as another cluster's server (every
+//     reaching witness's probe said wrong_system), is flagged wrong_system with role UNKNOWN:
+//     another cluster's primary is never taken for one of ours, even before the probes learn
+//     the cluster's identifier.
+func (n *nodeObs) derive(committed *regentv1.NodeStatus, clusterSys uint64) *regentv1.NodeStatus {
 	d := &regentv1.NodeStatus{
 		Name: committed.GetName(), Role: committed.GetRole(), Timeline: committed.GetTimeline(),
 		CurrentLsn: committed.GetCurrentLsn(), ReceivedLsn: committed.GetReceivedLsn(), ReplayLsn: committed.GetReplayLsn(),
@@ -96,6 +101,9 @@ func (n *nodeObs) derive(committed *regentv1.NodeStatus) *regentv1.NodeStatus {
 		}
 	}
 	if newest == nil {
+		if d.WrongSystem && d.Role != regentv1.NodeRole_NODE_ROLE_FENCED && d.Role != regentv1.NodeRole_NODE_ROLE_REJOINING {
+			d.Role = regentv1.NodeRole_NODE_ROLE_UNKNOWN // only another cluster's server answers there
+		}
 		return d
 	}
 	var best *sample
@@ -111,6 +119,10 @@ func (n *nodeObs) derive(committed *regentv1.NodeStatus) *regentv1.NodeStatus {
 	role := regentv1.NodeRole_NODE_ROLE_PRIMARY
 	if best.inRecovery {
 		role = regentv1.NodeRole_NODE_ROLE_REPLICA
+	}
+	if clusterSys != 0 && best.systemID != 0 && best.systemID != clusterSys {
+		d.WrongSystem = true
+		role = regentv1.NodeRole_NODE_ROLE_UNKNOWN
 	}
 	if r := committed.GetRole(); r != regentv1.NodeRole_NODE_ROLE_FENCED && r != regentv1.NodeRole_NODE_ROLE_REJOINING {
 		d.Role = role
@@ -149,4 +161,27 @@ func factsDiffer(c, d *regentv1.NodeStatus, lsns bool) bool {
 	}
 	return lsns && (c.GetCurrentLsn() != d.GetCurrentLsn() || c.GetReceivedLsn() != d.GetReceivedLsn() ||
 		c.GetReplayLsn() != d.GetReplayLsn())
+}
+
+// clusterSystemID is the cluster's PostgreSQL system identifier: what the designated primary
+// answers with now (from a witness that reaches it and does not flag it), else what was
+// committed for it; 0 when unknown.
+func clusterSystemID(c *regentv1.Cluster, nodes map[string]*nodeObs) uint64 {
+	if n := nodes[c.GetPrimary()]; n != nil && !n.wrongSystem() {
+		var newest *sample
+		for _, w := range n.witnesses {
+			if s := &w.latest; s.reaches() && s.systemID != 0 && (newest == nil || s.at.After(newest.at)) {
+				newest = s
+			}
+		}
+		if newest != nil {
+			return newest.systemID
+		}
+	}
+	for _, ns := range c.GetNodeStatus() {
+		if ns.GetName() == c.GetPrimary() && !ns.GetWrongSystem() {
+			return ns.GetSystemIdentifier()
+		}
+	}
+	return 0
 }

@@ -46,7 +46,7 @@ func (a *Aggregator) Channels(st *regentv1.State, now time.Time) *regentv1.Updat
 			if n == nil {
 				continue
 			}
-			if d := n.derive(ns); factsDiffer(ns, d, true) {
+			if d := n.derive(ns, clusterSystemID(c, nodes)); factsDiffer(ns, d, true) {
 				d.UpdatedAt = timestamppb.New(now)
 				cmd.Nodes = append(cmd.Nodes, &regentv1.NodeStatusUpdate{Cluster: c.GetName(), Status: d})
 			}

@@ -33,6 +33,9 @@ type Options struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
+	// Postgres and Alerts are copied into every witness's configuration.
+	Postgres config.Postgres
+	Alerts   config.Alerts
 }
 
 // Cluster is a set of in-process witnesses.
@@ -88,6 +91,14 @@ func (c *Cluster) Add() int {
 		SnapshotInterval:  config.Duration{Duration: config.DefaultSnapshotInterval},
 		TrailingLogs:      config.DefaultTrailingLogs,
 		Log:               config.Log{Format: "text", Level: "info"},
+		Postgres:          c.opts.Postgres,
+		Alerts:            c.opts.Alerts,
+	}
+	if cfg.Postgres.User == "" {
+		cfg.Postgres = config.Postgres{User: config.DefaultPostgresUser, Database: config.DefaultPostgresDatabase, SSLMode: "disable"}
+	}
+	if cfg.Alerts.WebhookURL != "" && cfg.Alerts.WebhookTimeout.Duration == 0 {
+		cfg.Alerts.WebhookTimeout.Duration = time.Second
 	}
 	if c.opts.SnapshotThreshold > 0 {
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
