@@ -299,4 +299,3 @@ func (h *hookReceiver) has(kind, cluster string) bool {
 	}
 	return false
 }
-
