@@ -1438,6 +1438,304 @@ func (*ReportResponse) Descriptor() ([]byte, []int) {
 	return file_regent_v1_api_proto_rawDescGZIP(), []int{22}
 }
 
+type FailoverRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Node to promote; empty picks the best candidate as an automatic failover would.
+	To string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// Skip the lag gate (max_lag_on_failover, failover_lag_threshold); never skips the fence.
+	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverRequest) Reset() {
+	*x = FailoverRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverRequest) ProtoMessage() {}
+
+func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
+func (*FailoverRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FailoverRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *FailoverRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type FailoverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *FailoverEvent         `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverResponse) Reset() {
+	*x = FailoverResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverResponse) ProtoMessage() {}
+
+func (x *FailoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverResponse.ProtoReflect.Descriptor instead.
+func (*FailoverResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FailoverResponse) GetEvent() *FailoverEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type PauseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseRequest) Reset() {
+	*x = PauseRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseRequest) ProtoMessage() {}
+
+func (x *PauseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
+func (*PauseRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PauseRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *PauseRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type PauseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseResponse) Reset() {
+	*x = PauseResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseResponse) ProtoMessage() {}
+
+func (x *PauseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
+func (*PauseResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PauseResponse) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+type ResumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRequest) Reset() {
+	*x = ResumeRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRequest) ProtoMessage() {}
+
+func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ResumeRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+type ResumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeResponse) Reset() {
+	*x = ResumeResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeResponse) ProtoMessage() {}
+
+func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
+func (*ResumeResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ResumeResponse) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
 var File_regent_v1_api_proto protoreflect.FileDescriptor
 
 const file_regent_v1_api_proto_rawDesc = "" +
@@ -1546,7 +1844,23 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\rReportRequest\x12\x18\n" +
 	"\awitness\x18\x01 \x01(\tR\awitness\x12:\n" +
 	"\fobservations\x18\x02 \x03(\v2\x16.regent.v1.ObservationR\fobservations\"\x10\n" +
-	"\x0eReportResponse2\x84\x06\n" +
+	"\x0eReportResponse\"i\n" +
+	"\x0fFailoverRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"B\n" +
+	"\x10FailoverResponse\x12.\n" +
+	"\x05event\x18\x01 \x01(\v2\x18.regent.v1.FailoverEventR\x05event\"@\n" +
+	"\fPauseRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
+	"\rPauseResponse\x12,\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.regent.v1.ClusterR\acluster\")\n" +
+	"\rResumeRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\">\n" +
+	"\x0eResumeResponse\x12,\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.regent.v1.ClusterR\acluster2\xc4\a\n" +
 	"\x06Regent\x12C\n" +
 	"\bGetState\x12\x1a.regent.v1.GetStateRequest\x1a\x1b.regent.v1.GetStateResponse\x12O\n" +
 	"\fApplyCluster\x12\x1e.regent.v1.ApplyClusterRequest\x1a\x1f.regent.v1.ApplyClusterResponse\x12R\n" +
@@ -1557,7 +1871,10 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\aMembers\x12\x19.regent.v1.MembersRequest\x1a\x1a.regent.v1.MembersResponse\x12O\n" +
 	"\fRemoveMember\x12\x1e.regent.v1.RemoveMemberRequest\x1a\x1f.regent.v1.RemoveMemberResponse\x129\n" +
 	"\x05Watch\x12\x17.regent.v1.WatchRequest\x1a\x15.regent.v1.WatchEvent0\x01\x12=\n" +
-	"\x06Report\x12\x18.regent.v1.ReportRequest\x1a\x19.regent.v1.ReportResponseB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x06Report\x12\x18.regent.v1.ReportRequest\x1a\x19.regent.v1.ReportResponse\x12C\n" +
+	"\bFailover\x12\x1a.regent.v1.FailoverRequest\x1a\x1b.regent.v1.FailoverResponse\x12:\n" +
+	"\x05Pause\x12\x17.regent.v1.PauseRequest\x1a\x18.regent.v1.PauseResponse\x12=\n" +
+	"\x06Resume\x12\x18.regent.v1.ResumeRequest\x1a\x19.regent.v1.ResumeResponseB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_api_proto_rawDescOnce sync.Once
@@ -1571,7 +1888,7 @@ func file_regent_v1_api_proto_rawDescGZIP() []byte {
 	return file_regent_v1_api_proto_rawDescData
 }
 
-var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_regent_v1_api_proto_goTypes = []any{
 	(*ReadOptions)(nil),                // 0: regent.v1.ReadOptions
 	(*GetStateRequest)(nil),            // 1: regent.v1.GetStateRequest
@@ -1596,65 +1913,80 @@ var file_regent_v1_api_proto_goTypes = []any{
 	(*Observation)(nil),                // 20: regent.v1.Observation
 	(*ReportRequest)(nil),              // 21: regent.v1.ReportRequest
 	(*ReportResponse)(nil),             // 22: regent.v1.ReportResponse
-	(*Cluster)(nil),                    // 23: regent.v1.Cluster
-	(*ReplicationChannel)(nil),         // 24: regent.v1.ReplicationChannel
-	(*FailoverEvent)(nil),              // 25: regent.v1.FailoverEvent
-	(*ClusterSpec)(nil),                // 26: regent.v1.ClusterSpec
-	(*Member)(nil),                     // 27: regent.v1.Member
-	(*AuditRecord)(nil),                // 28: regent.v1.AuditRecord
-	(*State)(nil),                      // 29: regent.v1.State
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(*FailoverRequest)(nil),            // 23: regent.v1.FailoverRequest
+	(*FailoverResponse)(nil),           // 24: regent.v1.FailoverResponse
+	(*PauseRequest)(nil),               // 25: regent.v1.PauseRequest
+	(*PauseResponse)(nil),              // 26: regent.v1.PauseResponse
+	(*ResumeRequest)(nil),              // 27: regent.v1.ResumeRequest
+	(*ResumeResponse)(nil),             // 28: regent.v1.ResumeResponse
+	(*Cluster)(nil),                    // 29: regent.v1.Cluster
+	(*ReplicationChannel)(nil),         // 30: regent.v1.ReplicationChannel
+	(*FailoverEvent)(nil),              // 31: regent.v1.FailoverEvent
+	(*ClusterSpec)(nil),                // 32: regent.v1.ClusterSpec
+	(*Member)(nil),                     // 33: regent.v1.Member
+	(*AuditRecord)(nil),                // 34: regent.v1.AuditRecord
+	(*State)(nil),                      // 35: regent.v1.State
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
 }
 var file_regent_v1_api_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.GetStateRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 1: regent.v1.GetStateResponse.members:type_name -> regent.v1.MemberStatus
-	23, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
-	24, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
-	25, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	26, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	23, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	29, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
+	30, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
+	31, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	32, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	29, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
 	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	23, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	29, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
 	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	24, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	30, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	25, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	31, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
 	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	23, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	27, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	24, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	25, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	28, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	29, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	30, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
-	30, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	29, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	33, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	30, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	31, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	34, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	35, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	36, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	36, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
 	20, // 23: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
-	1,  // 24: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 25: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 26: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 27: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 28: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 29: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 30: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	16, // 31: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	18, // 32: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	21, // 33: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
-	3,  // 34: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 35: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 36: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 37: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 38: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 39: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 40: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 41: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 42: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	22, // 43: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
-	34, // [34:44] is the sub-list for method output_type
-	24, // [24:34] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	31, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
+	29, // 25: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
+	29, // 26: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
+	1,  // 27: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 28: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 29: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 30: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 31: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 32: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 33: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	16, // 34: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	18, // 35: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	21, // 36: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
+	23, // 37: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
+	25, // 38: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
+	27, // 39: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
+	3,  // 40: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 41: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 42: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 43: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 44: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 45: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 46: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	17, // 47: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	19, // 48: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	22, // 49: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	24, // 50: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
+	26, // 51: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
+	28, // 52: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
+	40, // [40:53] is the sub-list for method output_type
+	27, // [27:40] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
@@ -1669,7 +2001,7 @@ func file_regent_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_api_proto_rawDesc), len(file_regent_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

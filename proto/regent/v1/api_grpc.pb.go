@@ -29,6 +29,9 @@ const (
 	Regent_RemoveMember_FullMethodName       = "/regent.v1.Regent/RemoveMember"
 	Regent_Watch_FullMethodName              = "/regent.v1.Regent/Watch"
 	Regent_Report_FullMethodName             = "/regent.v1.Regent/Report"
+	Regent_Failover_FullMethodName           = "/regent.v1.Regent/Failover"
+	Regent_Pause_FullMethodName              = "/regent.v1.Regent/Pause"
+	Regent_Resume_FullMethodName             = "/regent.v1.Regent/Resume"
 )
 
 // RegentClient is the client API for Regent service.
@@ -59,6 +62,12 @@ type RegentClient interface {
 	// Report carries a witness's probe observations to the leader (witness to witness; a
 	// follower forwards it).
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
+	// Failover starts a manual failover of a cluster (to a chosen node, or the best candidate).
+	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error)
+	// Pause stops automatic failover of a cluster until Resume.
+	Pause(ctx context.Context, in *PauseRequest, opts ...grpc.CallOption) (*PauseResponse, error)
+	// Resume re-enables automatic failover of a cluster.
+	Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (*ResumeResponse, error)
 }
 
 type regentClient struct {
@@ -178,6 +187,36 @@ func (c *regentClient) Report(ctx context.Context, in *ReportRequest, opts ...gr
 	return out, nil
 }
 
+func (c *regentClient) Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailoverResponse)
+	err := c.cc.Invoke(ctx, Regent_Failover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *regentClient) Pause(ctx context.Context, in *PauseRequest, opts ...grpc.CallOption) (*PauseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseResponse)
+	err := c.cc.Invoke(ctx, Regent_Pause_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *regentClient) Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (*ResumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeResponse)
+	err := c.cc.Invoke(ctx, Regent_Resume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegentServer is the server API for Regent service.
 // All implementations must embed UnimplementedRegentServer
 // for forward compatibility.
@@ -206,6 +245,12 @@ type RegentServer interface {
 	// Report carries a witness's probe observations to the leader (witness to witness; a
 	// follower forwards it).
 	Report(context.Context, *ReportRequest) (*ReportResponse, error)
+	// Failover starts a manual failover of a cluster (to a chosen node, or the best candidate).
+	Failover(context.Context, *FailoverRequest) (*FailoverResponse, error)
+	// Pause stops automatic failover of a cluster until Resume.
+	Pause(context.Context, *PauseRequest) (*PauseResponse, error)
+	// Resume re-enables automatic failover of a cluster.
+	Resume(context.Context, *ResumeRequest) (*ResumeResponse, error)
 	mustEmbedUnimplementedRegentServer()
 }
 
@@ -245,6 +290,15 @@ func (UnimplementedRegentServer) Watch(*WatchRequest, grpc.ServerStreamingServer
 }
 func (UnimplementedRegentServer) Report(context.Context, *ReportRequest) (*ReportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedRegentServer) Failover(context.Context, *FailoverRequest) (*FailoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Failover not implemented")
+}
+func (UnimplementedRegentServer) Pause(context.Context, *PauseRequest) (*PauseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Pause not implemented")
+}
+func (UnimplementedRegentServer) Resume(context.Context, *ResumeRequest) (*ResumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Resume not implemented")
 }
 func (UnimplementedRegentServer) mustEmbedUnimplementedRegentServer() {}
 func (UnimplementedRegentServer) testEmbeddedByValue()                {}
@@ -440,6 +494,60 @@ func _Regent_Report_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Regent_Failover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).Failover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_Failover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).Failover(ctx, req.(*FailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Regent_Pause_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).Pause(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_Pause_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).Pause(ctx, req.(*PauseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Regent_Resume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).Resume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_Resume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).Resume(ctx, req.(*ResumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Regent_ServiceDesc is the grpc.ServiceDesc for Regent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -482,6 +590,18 @@ var Regent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Report",
 			Handler:    _Regent_Report_Handler,
+		},
+		{
+			MethodName: "Failover",
+			Handler:    _Regent_Failover_Handler,
+		},
+		{
+			MethodName: "Pause",
+			Handler:    _Regent_Pause_Handler,
+		},
+		{
+			MethodName: "Resume",
+			Handler:    _Regent_Resume_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -34,19 +34,27 @@ const (
 	CommandType_COMMAND_TYPE_RECORD_AUDIT        CommandType = 5
 	CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS CommandType = 6
 	CommandType_COMMAND_TYPE_UPDATE_CHANNELS     CommandType = 7
+	CommandType_COMMAND_TYPE_SET_PAUSED          CommandType = 8
+	CommandType_COMMAND_TYPE_RECORD_REFUSAL      CommandType = 9
+	CommandType_COMMAND_TYPE_START_FAILOVER      CommandType = 10
+	CommandType_COMMAND_TYPE_ADVANCE_FAILOVER    CommandType = 11
 )
 
 // Enum value maps for CommandType.
 var (
 	CommandType_name = map[int32]string{
-		0: "COMMAND_TYPE_UNSPECIFIED",
-		1: "COMMAND_TYPE_APPLY_CLUSTER",
-		2: "COMMAND_TYPE_DELETE_CLUSTER",
-		3: "COMMAND_TYPE_UPSERT_MEMBER",
-		4: "COMMAND_TYPE_REMOVE_MEMBER",
-		5: "COMMAND_TYPE_RECORD_AUDIT",
-		6: "COMMAND_TYPE_RECORD_OBSERVATIONS",
-		7: "COMMAND_TYPE_UPDATE_CHANNELS",
+		0:  "COMMAND_TYPE_UNSPECIFIED",
+		1:  "COMMAND_TYPE_APPLY_CLUSTER",
+		2:  "COMMAND_TYPE_DELETE_CLUSTER",
+		3:  "COMMAND_TYPE_UPSERT_MEMBER",
+		4:  "COMMAND_TYPE_REMOVE_MEMBER",
+		5:  "COMMAND_TYPE_RECORD_AUDIT",
+		6:  "COMMAND_TYPE_RECORD_OBSERVATIONS",
+		7:  "COMMAND_TYPE_UPDATE_CHANNELS",
+		8:  "COMMAND_TYPE_SET_PAUSED",
+		9:  "COMMAND_TYPE_RECORD_REFUSAL",
+		10: "COMMAND_TYPE_START_FAILOVER",
+		11: "COMMAND_TYPE_ADVANCE_FAILOVER",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":         0,
@@ -57,6 +65,10 @@ var (
 		"COMMAND_TYPE_RECORD_AUDIT":        5,
 		"COMMAND_TYPE_RECORD_OBSERVATIONS": 6,
 		"COMMAND_TYPE_UPDATE_CHANNELS":     7,
+		"COMMAND_TYPE_SET_PAUSED":          8,
+		"COMMAND_TYPE_RECORD_REFUSAL":      9,
+		"COMMAND_TYPE_START_FAILOVER":      10,
+		"COMMAND_TYPE_ADVANCE_FAILOVER":    11,
 	}
 )
 
@@ -632,6 +644,369 @@ func (x *UpdateChannelsCommand) GetClusters() []string {
 	return nil
 }
 
+// SetPausedCommand pauses or resumes automatic failover of a cluster.
+type SetPausedCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Paused        bool                   `protobuf:"varint,2,opt,name=paused,proto3" json:"paused,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPausedCommand) Reset() {
+	*x = SetPausedCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPausedCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPausedCommand) ProtoMessage() {}
+
+func (x *SetPausedCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPausedCommand.ProtoReflect.Descriptor instead.
+func (*SetPausedCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetPausedCommand) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *SetPausedCommand) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *SetPausedCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RecordRefusalCommand records why the coordinator declined an automatic failover (empty
+// reason clears it). The leader commits it only when the reason changes.
+type RecordRefusalCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordRefusalCommand) Reset() {
+	*x = RecordRefusalCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordRefusalCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRefusalCommand) ProtoMessage() {}
+
+func (x *RecordRefusalCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRefusalCommand.ProtoReflect.Descriptor instead.
+func (*RecordRefusalCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RecordRefusalCommand) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *RecordRefusalCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// StartFailoverCommand opens a failover saga at step DECIDED. Apply refuses it while the
+// cluster has a saga that is neither completed nor aborted.
+type StartFailoverCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	FromNode      string                 `protobuf:"bytes,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	ToNode        string                 `protobuf:"bytes,3,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	TriggerReason string                 `protobuf:"bytes,4,opt,name=trigger_reason,json=triggerReason,proto3" json:"trigger_reason,omitempty"`
+	// Raft term of the proposing leader: the saga's owner and fencing token.
+	Term          uint64 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	Manual        bool   `protobuf:"varint,6,opt,name=manual,proto3" json:"manual,omitempty"`
+	Force         bool   `protobuf:"varint,7,opt,name=force,proto3" json:"force,omitempty"`
+	OldPrimaryLsn uint64 `protobuf:"varint,8,opt,name=old_primary_lsn,json=oldPrimaryLsn,proto3" json:"old_primary_lsn,omitempty"`
+	// Estimated data loss at decision time (old primary's last LSN − candidate's received LSN).
+	EstimatedLossBytes int64 `protobuf:"varint,9,opt,name=estimated_loss_bytes,json=estimatedLossBytes,proto3" json:"estimated_loss_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *StartFailoverCommand) Reset() {
+	*x = StartFailoverCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartFailoverCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartFailoverCommand) ProtoMessage() {}
+
+func (x *StartFailoverCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartFailoverCommand.ProtoReflect.Descriptor instead.
+func (*StartFailoverCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StartFailoverCommand) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *StartFailoverCommand) GetFromNode() string {
+	if x != nil {
+		return x.FromNode
+	}
+	return ""
+}
+
+func (x *StartFailoverCommand) GetToNode() string {
+	if x != nil {
+		return x.ToNode
+	}
+	return ""
+}
+
+func (x *StartFailoverCommand) GetTriggerReason() string {
+	if x != nil {
+		return x.TriggerReason
+	}
+	return ""
+}
+
+func (x *StartFailoverCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *StartFailoverCommand) GetManual() bool {
+	if x != nil {
+		return x.Manual
+	}
+	return false
+}
+
+func (x *StartFailoverCommand) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *StartFailoverCommand) GetOldPrimaryLsn() uint64 {
+	if x != nil {
+		return x.OldPrimaryLsn
+	}
+	return 0
+}
+
+func (x *StartFailoverCommand) GetEstimatedLossBytes() int64 {
+	if x != nil {
+		return x.EstimatedLossBytes
+	}
+	return 0
+}
+
+// AdvanceFailoverCommand moves a saga to its next step (or aborts it), recording what the
+// step learnt. Steps only move forward: decided → fenced → promoted → repointed → published →
+// completed; aborted is allowed only before promoted. A command whose term is lower than the
+// saga's owning term is refused; a higher one takes the saga over (a new leader resuming it).
+type AdvanceFailoverCommand struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	EventId          uint64                 `protobuf:"varint,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Step             FailoverStep           `protobuf:"varint,2,opt,name=step,proto3,enum=regent.v1.FailoverStep" json:"step,omitempty"`
+	Term             uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	FenceMethod      string                 `protobuf:"bytes,4,opt,name=fence_method,json=fenceMethod,proto3" json:"fence_method,omitempty"`
+	PromotedLsn      uint64                 `protobuf:"varint,5,opt,name=promoted_lsn,json=promotedLsn,proto3" json:"promoted_lsn,omitempty"`
+	PromotedTimeline uint32                 `protobuf:"varint,6,opt,name=promoted_timeline,json=promotedTimeline,proto3" json:"promoted_timeline,omitempty"`
+	DataLossBytes    *int64                 `protobuf:"varint,7,opt,name=data_loss_bytes,json=dataLossBytes,proto3,oneof" json:"data_loss_bytes,omitempty"`
+	DataLossExact    bool                   `protobuf:"varint,8,opt,name=data_loss_exact,json=dataLossExact,proto3" json:"data_loss_exact,omitempty"`
+	AbortReason      string                 `protobuf:"bytes,9,opt,name=abort_reason,json=abortReason,proto3" json:"abort_reason,omitempty"`
+	Published        bool                   `protobuf:"varint,10,opt,name=published,proto3" json:"published,omitempty"`
+	PublishError     string                 `protobuf:"bytes,11,opt,name=publish_error,json=publishError,proto3" json:"publish_error,omitempty"`
+	Note             string                 `protobuf:"bytes,12,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AdvanceFailoverCommand) Reset() {
+	*x = AdvanceFailoverCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceFailoverCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceFailoverCommand) ProtoMessage() {}
+
+func (x *AdvanceFailoverCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceFailoverCommand.ProtoReflect.Descriptor instead.
+func (*AdvanceFailoverCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AdvanceFailoverCommand) GetEventId() uint64 {
+	if x != nil {
+		return x.EventId
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetStep() FailoverStep {
+	if x != nil {
+		return x.Step
+	}
+	return FailoverStep_FAILOVER_STEP_UNSPECIFIED
+}
+
+func (x *AdvanceFailoverCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetFenceMethod() string {
+	if x != nil {
+		return x.FenceMethod
+	}
+	return ""
+}
+
+func (x *AdvanceFailoverCommand) GetPromotedLsn() uint64 {
+	if x != nil {
+		return x.PromotedLsn
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetPromotedTimeline() uint32 {
+	if x != nil {
+		return x.PromotedTimeline
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetDataLossBytes() int64 {
+	if x != nil && x.DataLossBytes != nil {
+		return *x.DataLossBytes
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetDataLossExact() bool {
+	if x != nil {
+		return x.DataLossExact
+	}
+	return false
+}
+
+func (x *AdvanceFailoverCommand) GetAbortReason() string {
+	if x != nil {
+		return x.AbortReason
+	}
+	return ""
+}
+
+func (x *AdvanceFailoverCommand) GetPublished() bool {
+	if x != nil {
+		return x.Published
+	}
+	return false
+}
+
+func (x *AdvanceFailoverCommand) GetPublishError() string {
+	if x != nil {
+		return x.PublishError
+	}
+	return ""
+}
+
+func (x *AdvanceFailoverCommand) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
 var File_regent_v1_command_proto protoreflect.FileDescriptor
 
 const file_regent_v1_command_proto_rawDesc = "" +
@@ -668,7 +1043,39 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x15UpdateChannelsCommand\x129\n" +
 	"\bchannels\x18\x01 \x03(\v2\x1d.regent.v1.ReplicationChannelR\bchannels\x121\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x1b.regent.v1.NodeStatusUpdateR\x05nodes\x12\x1a\n" +
-	"\bclusters\x18\x03 \x03(\tR\bclusters*\x93\x02\n" +
+	"\bclusters\x18\x03 \x03(\tR\bclusters\"\\\n" +
+	"\x10SetPausedCommand\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06paused\x18\x02 \x01(\bR\x06paused\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
+	"\x14RecordRefusalCommand\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa9\x02\n" +
+	"\x14StartFailoverCommand\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
+	"\tfrom_node\x18\x02 \x01(\tR\bfromNode\x12\x17\n" +
+	"\ato_node\x18\x03 \x01(\tR\x06toNode\x12%\n" +
+	"\x0etrigger_reason\x18\x04 \x01(\tR\rtriggerReason\x12\x12\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\x12\x16\n" +
+	"\x06manual\x18\x06 \x01(\bR\x06manual\x12\x14\n" +
+	"\x05force\x18\a \x01(\bR\x05force\x12&\n" +
+	"\x0fold_primary_lsn\x18\b \x01(\x04R\roldPrimaryLsn\x120\n" +
+	"\x14estimated_loss_bytes\x18\t \x01(\x03R\x12estimatedLossBytes\"\xca\x03\n" +
+	"\x16AdvanceFailoverCommand\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12+\n" +
+	"\x04step\x18\x02 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\x12!\n" +
+	"\ffence_method\x18\x04 \x01(\tR\vfenceMethod\x12!\n" +
+	"\fpromoted_lsn\x18\x05 \x01(\x04R\vpromotedLsn\x12+\n" +
+	"\x11promoted_timeline\x18\x06 \x01(\rR\x10promotedTimeline\x12+\n" +
+	"\x0fdata_loss_bytes\x18\a \x01(\x03H\x00R\rdataLossBytes\x88\x01\x01\x12&\n" +
+	"\x0fdata_loss_exact\x18\b \x01(\bR\rdataLossExact\x12!\n" +
+	"\fabort_reason\x18\t \x01(\tR\vabortReason\x12\x1c\n" +
+	"\tpublished\x18\n" +
+	" \x01(\bR\tpublished\x12#\n" +
+	"\rpublish_error\x18\v \x01(\tR\fpublishError\x12\x12\n" +
+	"\x04note\x18\f \x01(\tR\x04noteB\x12\n" +
+	"\x10_data_loss_bytes*\x95\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_APPLY_CLUSTER\x10\x01\x12\x1f\n" +
@@ -677,7 +1084,12 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_REMOVE_MEMBER\x10\x04\x12\x1d\n" +
 	"\x19COMMAND_TYPE_RECORD_AUDIT\x10\x05\x12$\n" +
 	" COMMAND_TYPE_RECORD_OBSERVATIONS\x10\x06\x12 \n" +
-	"\x1cCOMMAND_TYPE_UPDATE_CHANNELS\x10\aB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x1cCOMMAND_TYPE_UPDATE_CHANNELS\x10\a\x12\x1b\n" +
+	"\x17COMMAND_TYPE_SET_PAUSED\x10\b\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_RECORD_REFUSAL\x10\t\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_START_FAILOVER\x10\n" +
+	"\x12!\n" +
+	"\x1dCOMMAND_TYPE_ADVANCE_FAILOVER\x10\vB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_command_proto_rawDescOnce sync.Once
@@ -692,7 +1104,7 @@ func file_regent_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_regent_v1_command_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: regent.v1.CommandType
 	(*Command)(nil),                   // 1: regent.v1.Command
@@ -705,29 +1117,35 @@ var file_regent_v1_command_proto_goTypes = []any{
 	(*NodeStatusUpdate)(nil),          // 8: regent.v1.NodeStatusUpdate
 	(*RecordObservationsCommand)(nil), // 9: regent.v1.RecordObservationsCommand
 	(*UpdateChannelsCommand)(nil),     // 10: regent.v1.UpdateChannelsCommand
-	(*timestamppb.Timestamp)(nil),     // 11: google.protobuf.Timestamp
-	(*ClusterSpec)(nil),               // 12: regent.v1.ClusterSpec
-	(*Member)(nil),                    // 13: regent.v1.Member
-	(*Vote)(nil),                      // 14: regent.v1.Vote
-	(*NodeStatus)(nil),                // 15: regent.v1.NodeStatus
-	(*ReplicationChannel)(nil),        // 16: regent.v1.ReplicationChannel
+	(*SetPausedCommand)(nil),          // 11: regent.v1.SetPausedCommand
+	(*RecordRefusalCommand)(nil),      // 12: regent.v1.RecordRefusalCommand
+	(*StartFailoverCommand)(nil),      // 13: regent.v1.StartFailoverCommand
+	(*AdvanceFailoverCommand)(nil),    // 14: regent.v1.AdvanceFailoverCommand
+	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
+	(*ClusterSpec)(nil),               // 16: regent.v1.ClusterSpec
+	(*Member)(nil),                    // 17: regent.v1.Member
+	(*Vote)(nil),                      // 18: regent.v1.Vote
+	(*NodeStatus)(nil),                // 19: regent.v1.NodeStatus
+	(*ReplicationChannel)(nil),        // 20: regent.v1.ReplicationChannel
+	(FailoverStep)(0),                 // 21: regent.v1.FailoverStep
 }
 var file_regent_v1_command_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.Command.type:type_name -> regent.v1.CommandType
-	11, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
-	12, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
-	13, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
-	14, // 4: regent.v1.VoteUpdate.vote:type_name -> regent.v1.Vote
-	15, // 5: regent.v1.NodeStatusUpdate.status:type_name -> regent.v1.NodeStatus
+	15, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
+	16, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
+	17, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
+	18, // 4: regent.v1.VoteUpdate.vote:type_name -> regent.v1.Vote
+	19, // 5: regent.v1.NodeStatusUpdate.status:type_name -> regent.v1.NodeStatus
 	7,  // 6: regent.v1.RecordObservationsCommand.votes:type_name -> regent.v1.VoteUpdate
 	8,  // 7: regent.v1.RecordObservationsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
-	16, // 8: regent.v1.UpdateChannelsCommand.channels:type_name -> regent.v1.ReplicationChannel
+	20, // 8: regent.v1.UpdateChannelsCommand.channels:type_name -> regent.v1.ReplicationChannel
 	8,  // 9: regent.v1.UpdateChannelsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	21, // 10: regent.v1.AdvanceFailoverCommand.step:type_name -> regent.v1.FailoverStep
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_command_proto_init() }
@@ -736,13 +1154,14 @@ func file_regent_v1_command_proto_init() {
 		return
 	}
 	file_regent_v1_state_proto_init()
+	file_regent_v1_command_proto_msgTypes[13].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_command_proto_rawDesc), len(file_regent_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -395,9 +395,24 @@ type Policy struct {
 	// A candidate more than this many bytes behind is not promoted automatically.
 	MaxLagOnFailoverBytes int64 `protobuf:"varint,7,opt,name=max_lag_on_failover_bytes,json=maxLagOnFailoverBytes,proto3" json:"max_lag_on_failover_bytes,omitempty"`
 	// No automatic failover within this long of the previous one.
-	CooldownMs    int64 `protobuf:"varint,8,opt,name=cooldown_ms,json=cooldownMs,proto3" json:"cooldown_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CooldownMs int64 `protobuf:"varint,8,opt,name=cooldown_ms,json=cooldownMs,proto3" json:"cooldown_ms,omitempty"`
+	// Fence mechanisms to try, in order: "sql" (read-only + terminate client backends on a
+	// reachable old primary) and "command" (fence_command). Default ["sql"].
+	FenceMethods []string `protobuf:"bytes,9,rep,name=fence_methods,json=fenceMethods,proto3" json:"fence_methods,omitempty"`
+	// Operator's fence command for method "command", run by the leader through /bin/sh with the
+	// event's details in REGENT_* environment variables; exit 0 means fenced.
+	FenceCommand string `protobuf:"bytes,10,opt,name=fence_command,json=fenceCommand,proto3" json:"fence_command,omitempty"`
+	// What to do when no fence method confirms: "wait" (default: wait lease_ttl, so a keeper's
+	// lease has surely lapsed, then promote) or "refuse" (abort the failover).
+	FenceFallback string `protobuf:"bytes,11,opt,name=fence_fallback,json=fenceFallback,proto3" json:"fence_fallback,omitempty"`
+	// Optional command run before promotion; a non-zero exit vetoes it (the saga aborts).
+	PrePromoteCommand string `protobuf:"bytes,12,opt,name=pre_promote_command,json=prePromoteCommand,proto3" json:"pre_promote_command,omitempty"`
+	// Optional command run once a failover completes (notification).
+	PostFailoverCommand string `protobuf:"bytes,13,opt,name=post_failover_command,json=postFailoverCommand,proto3" json:"post_failover_command,omitempty"`
+	// Timeout for each of the commands above (default 10s).
+	CommandTimeoutMs int64 `protobuf:"varint,14,opt,name=command_timeout_ms,json=commandTimeoutMs,proto3" json:"command_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Policy) Reset() {
@@ -482,6 +497,48 @@ func (x *Policy) GetMaxLagOnFailoverBytes() int64 {
 func (x *Policy) GetCooldownMs() int64 {
 	if x != nil {
 		return x.CooldownMs
+	}
+	return 0
+}
+
+func (x *Policy) GetFenceMethods() []string {
+	if x != nil {
+		return x.FenceMethods
+	}
+	return nil
+}
+
+func (x *Policy) GetFenceCommand() string {
+	if x != nil {
+		return x.FenceCommand
+	}
+	return ""
+}
+
+func (x *Policy) GetFenceFallback() string {
+	if x != nil {
+		return x.FenceFallback
+	}
+	return ""
+}
+
+func (x *Policy) GetPrePromoteCommand() string {
+	if x != nil {
+		return x.PrePromoteCommand
+	}
+	return ""
+}
+
+func (x *Policy) GetPostFailoverCommand() string {
+	if x != nil {
+		return x.PostFailoverCommand
+	}
+	return ""
+}
+
+func (x *Policy) GetCommandTimeoutMs() int64 {
+	if x != nil {
+		return x.CommandTimeoutMs
 	}
 	return 0
 }
@@ -794,9 +851,19 @@ type Cluster struct {
 	// Observed node status, one per node, sorted by name.
 	NodeStatus []*NodeStatus `protobuf:"bytes,7,rep,name=node_status,json=nodeStatus,proto3" json:"node_status,omitempty"`
 	// Incremented each time a spec is applied.
-	SpecVersion   uint64                 `protobuf:"varint,8,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	SpecVersion uint64                 `protobuf:"varint,8,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Why the coordinator last declined to fail over automatically (paused, cooldown, no
+	// candidate, a standby still streams from the primary…), and since when; empty when the
+	// last decision found nothing to decline.
+	Refusal   string                 `protobuf:"bytes,11,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	RefusalAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=refusal_at,json=refusalAt,proto3" json:"refusal_at,omitempty"`
+	// Who paused the cluster and why.
+	PauseReason string `protobuf:"bytes,13,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	// The DNS token (term and event) of the last successful publish; the next update carries it
+	// as its prerequisite, so an update from a stale leader fails at the DNS server.
+	DnsToken      string `protobuf:"bytes,14,opt,name=dns_token,json=dnsToken,proto3" json:"dns_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -899,6 +966,34 @@ func (x *Cluster) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *Cluster) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+func (x *Cluster) GetRefusalAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RefusalAt
+	}
+	return nil
+}
+
+func (x *Cluster) GetPauseReason() string {
+	if x != nil {
+		return x.PauseReason
+	}
+	return ""
+}
+
+func (x *Cluster) GetDnsToken() string {
+	if x != nil {
+		return x.DnsToken
+	}
+	return ""
 }
 
 // ReplicationChannel is the seed table of that name: one per cluster and
@@ -1106,6 +1201,16 @@ type FailoverEvent struct {
 	DataLossExact bool        `protobuf:"varint,16,opt,name=data_loss_exact,json=dataLossExact,proto3" json:"data_loss_exact,omitempty"`
 	AbortReason   string      `protobuf:"bytes,17,opt,name=abort_reason,json=abortReason,proto3" json:"abort_reason,omitempty"`
 	Steps         []*StepTime `protobuf:"bytes,18,rep,name=steps,proto3" json:"steps,omitempty"`
+	// True for an operator's `regent failover`; force skipped the lag gate (never the fence).
+	Manual bool `protobuf:"varint,19,opt,name=manual,proto3" json:"manual,omitempty"`
+	Force  bool `protobuf:"varint,20,opt,name=force,proto3" json:"force,omitempty"`
+	// Where the old primary's WAL was last seen (the basis of the estimate).
+	OldPrimaryLsn uint64 `protobuf:"varint,21,opt,name=old_primary_lsn,json=oldPrimaryLsn,proto3" json:"old_primary_lsn,omitempty"`
+	// Whether the DNS publish step succeeded; the reason when it did not.
+	Published    bool   `protobuf:"varint,22,opt,name=published,proto3" json:"published,omitempty"`
+	PublishError string `protobuf:"bytes,23,opt,name=publish_error,json=publishError,proto3" json:"publish_error,omitempty"`
+	// Free-form notes of the steps (fence attempts, retries, pre_promote output), newest last.
+	Notes         []string `protobuf:"bytes,24,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1262,6 +1367,48 @@ func (x *FailoverEvent) GetAbortReason() string {
 func (x *FailoverEvent) GetSteps() []*StepTime {
 	if x != nil {
 		return x.Steps
+	}
+	return nil
+}
+
+func (x *FailoverEvent) GetManual() bool {
+	if x != nil {
+		return x.Manual
+	}
+	return false
+}
+
+func (x *FailoverEvent) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *FailoverEvent) GetOldPrimaryLsn() uint64 {
+	if x != nil {
+		return x.OldPrimaryLsn
+	}
+	return 0
+}
+
+func (x *FailoverEvent) GetPublished() bool {
+	if x != nil {
+		return x.Published
+	}
+	return false
+}
+
+func (x *FailoverEvent) GetPublishError() string {
+	if x != nil {
+		return x.PublishError
+	}
+	return ""
+}
+
+func (x *FailoverEvent) GetNotes() []string {
+	if x != nil {
+		return x.Notes
 	}
 	return nil
 }
@@ -1582,7 +1729,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\vkeeper_addr\x18\x05 \x01(\tR\n" +
 	"keeperAddr\x12\x12\n" +
 	"\x04tags\x18\x06 \x03(\tR\x04tags\x12\x1a\n" +
-	"\bpriority\x18\a \x01(\x05R\bpriority\"\xef\x02\n" +
+	"\bpriority\x18\a \x01(\x05R\bpriority\"\xf2\x04\n" +
 	"\x06Policy\x12*\n" +
 	"\x11probe_interval_ms\x18\x01 \x01(\x03R\x0fprobeIntervalMs\x12(\n" +
 	"\x10probe_timeout_ms\x18\x02 \x01(\x03R\x0eprobeTimeoutMs\x12\"\n" +
@@ -1593,7 +1740,14 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x19failover_lag_threshold_ms\x18\x06 \x01(\x03R\x16failoverLagThresholdMs\x128\n" +
 	"\x19max_lag_on_failover_bytes\x18\a \x01(\x03R\x15maxLagOnFailoverBytes\x12\x1f\n" +
 	"\vcooldown_ms\x18\b \x01(\x03R\n" +
-	"cooldownMs\"z\n" +
+	"cooldownMs\x12#\n" +
+	"\rfence_methods\x18\t \x03(\tR\ffenceMethods\x12#\n" +
+	"\rfence_command\x18\n" +
+	" \x01(\tR\ffenceCommand\x12%\n" +
+	"\x0efence_fallback\x18\v \x01(\tR\rfenceFallback\x12.\n" +
+	"\x13pre_promote_command\x18\f \x01(\tR\x11prePromoteCommand\x122\n" +
+	"\x15post_failover_command\x18\r \x01(\tR\x13postFailoverCommand\x12,\n" +
+	"\x12command_timeout_ms\x18\x0e \x01(\x03R\x10commandTimeoutMs\"z\n" +
 	"\aDnsSpec\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x16\n" +
@@ -1623,7 +1777,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	" \x01(\tR\x11walReceiverStatus\x12\x1a\n" +
 	"\bupstream\x18\v \x01(\tR\bupstream\x12#\n" +
 	"\rreplay_paused\x18\f \x01(\bR\freplayPaused\x12!\n" +
-	"\fwrong_system\x18\r \x01(\bR\vwrongSystem\"\x9c\x03\n" +
+	"\fwrong_system\x18\r \x01(\bR\vwrongSystem\"\xb1\x04\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12)\n" +
@@ -1638,7 +1792,12 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xb0\x03\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
+	"\arefusal\x18\v \x01(\tR\arefusal\x129\n" +
+	"\n" +
+	"refusal_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trefusalAt\x12!\n" +
+	"\fpause_reason\x18\r \x01(\tR\vpauseReason\x12\x1b\n" +
+	"\tdns_token\x18\x0e \x01(\tR\bdnsToken\"\xb0\x03\n" +
 	"\x12ReplicationChannel\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12%\n" +
@@ -1657,7 +1816,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x15estimated_lag_seconds\x18\v \x01(\x01R\x13estimatedLagSeconds\"c\n" +
 	"\bStepTime\x12+\n" +
 	"\x04step\x18\x01 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xb9\x05\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xe8\x06\n" +
 	"\rFailoverEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1f\n" +
@@ -1679,7 +1838,13 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x11promoted_timeline\x18\x0f \x01(\rR\x10promotedTimeline\x12&\n" +
 	"\x0fdata_loss_exact\x18\x10 \x01(\bR\rdataLossExact\x12!\n" +
 	"\fabort_reason\x18\x11 \x01(\tR\vabortReason\x12)\n" +
-	"\x05steps\x18\x12 \x03(\v2\x13.regent.v1.StepTimeR\x05stepsB\x12\n" +
+	"\x05steps\x18\x12 \x03(\v2\x13.regent.v1.StepTimeR\x05steps\x12\x16\n" +
+	"\x06manual\x18\x13 \x01(\bR\x06manual\x12\x14\n" +
+	"\x05force\x18\x14 \x01(\bR\x05force\x12&\n" +
+	"\x0fold_primary_lsn\x18\x15 \x01(\x04R\roldPrimaryLsn\x12\x1c\n" +
+	"\tpublished\x18\x16 \x01(\bR\tpublished\x12#\n" +
+	"\rpublish_error\x18\x17 \x01(\tR\fpublishError\x12\x14\n" +
+	"\x05notes\x18\x18 \x03(\tR\x05notesB\x12\n" +
 	"\x10_data_loss_bytes\"\xa7\x01\n" +
 	"\vAuditRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
@@ -1777,26 +1942,27 @@ var file_regent_v1_state_proto_depIdxs = []int32{
 	8,  // 10: regent.v1.Cluster.node_status:type_name -> regent.v1.NodeStatus
 	16, // 11: regent.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
 	16, // 12: regent.v1.Cluster.updated_at:type_name -> google.protobuf.Timestamp
-	1,  // 13: regent.v1.ReplicationChannel.status:type_name -> regent.v1.ChannelStatus
-	16, // 14: regent.v1.ReplicationChannel.last_seen_at:type_name -> google.protobuf.Timestamp
-	2,  // 15: regent.v1.StepTime.step:type_name -> regent.v1.FailoverStep
-	16, // 16: regent.v1.StepTime.at:type_name -> google.protobuf.Timestamp
-	16, // 17: regent.v1.FailoverEvent.started_at:type_name -> google.protobuf.Timestamp
-	16, // 18: regent.v1.FailoverEvent.completed_at:type_name -> google.protobuf.Timestamp
-	2,  // 19: regent.v1.FailoverEvent.step:type_name -> regent.v1.FailoverStep
-	11, // 20: regent.v1.FailoverEvent.steps:type_name -> regent.v1.StepTime
-	16, // 21: regent.v1.AuditRecord.at:type_name -> google.protobuf.Timestamp
-	16, // 22: regent.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	9,  // 23: regent.v1.State.clusters:type_name -> regent.v1.Cluster
-	14, // 24: regent.v1.State.members:type_name -> regent.v1.Member
-	10, // 25: regent.v1.State.channels:type_name -> regent.v1.ReplicationChannel
-	12, // 26: regent.v1.State.failover_events:type_name -> regent.v1.FailoverEvent
-	13, // 27: regent.v1.State.audit:type_name -> regent.v1.AuditRecord
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	16, // 13: regent.v1.Cluster.refusal_at:type_name -> google.protobuf.Timestamp
+	1,  // 14: regent.v1.ReplicationChannel.status:type_name -> regent.v1.ChannelStatus
+	16, // 15: regent.v1.ReplicationChannel.last_seen_at:type_name -> google.protobuf.Timestamp
+	2,  // 16: regent.v1.StepTime.step:type_name -> regent.v1.FailoverStep
+	16, // 17: regent.v1.StepTime.at:type_name -> google.protobuf.Timestamp
+	16, // 18: regent.v1.FailoverEvent.started_at:type_name -> google.protobuf.Timestamp
+	16, // 19: regent.v1.FailoverEvent.completed_at:type_name -> google.protobuf.Timestamp
+	2,  // 20: regent.v1.FailoverEvent.step:type_name -> regent.v1.FailoverStep
+	11, // 21: regent.v1.FailoverEvent.steps:type_name -> regent.v1.StepTime
+	16, // 22: regent.v1.AuditRecord.at:type_name -> google.protobuf.Timestamp
+	16, // 23: regent.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	9,  // 24: regent.v1.State.clusters:type_name -> regent.v1.Cluster
+	14, // 25: regent.v1.State.members:type_name -> regent.v1.Member
+	10, // 26: regent.v1.State.channels:type_name -> regent.v1.ReplicationChannel
+	12, // 27: regent.v1.State.failover_events:type_name -> regent.v1.FailoverEvent
+	13, // 28: regent.v1.State.audit:type_name -> regent.v1.AuditRecord
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_state_proto_init() }
