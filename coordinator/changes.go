@@ -31,6 +31,7 @@ func (a *Aggregator) Changes(st *regentv1.State, now time.Time) *regentv1.Record
 		if nodes == nil {
 			continue
 		}
+		sys := clusterSystemID(c, nodes)
 		for _, ns := range c.GetNodeStatus() {
 			n := nodes[ns.GetName()]
 			if n == nil {
@@ -46,7 +47,7 @@ func (a *Aggregator) Changes(st *regentv1.State, now time.Time) *regentv1.Record
 				}
 				cmd.Votes = append(cmd.Votes, &regentv1.VoteUpdate{Cluster: c.GetName(), Node: ns.GetName(), Vote: v})
 			}
-			if d := n.derive(ns, clusterSystemID(c, nodes)); factsDiffer(ns, d, false) {
+			if d := n.derive(ns, sys); factsDiffer(ns, d, false) {
 				d.UpdatedAt = timestamppb.New(now)
 				cmd.Nodes = append(cmd.Nodes, &regentv1.NodeStatusUpdate{Cluster: c.GetName(), Status: d})
 			}

@@ -312,3 +312,41 @@ func nodesOf(cmd *regentv1.RecordObservationsCommand) []string {
 	}
 	return out
 }
+
+// TestSystemIdentifierMismatch: a node whose answers carry another system identifier than
+// the cluster's (its primary's) is flagged wrong_system with role UNKNOWN, even when the
+// probe did not classify it (it did not know the identifier yet).
+func TestSystemIdentifierMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		committedPrim uint64 // committed system identifier of the primary n1
+		seePrimary    bool
+	}{
+		{"identifier from the primary's observations", 0, true},
+		{"identifier from the committed primary", sysID, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := ordersState()
+			n1 := node(st, "orders", "n1")
+			n1.Role, n1.SystemIdentifier = regentv1.NodeRole_NODE_ROLE_PRIMARY, tc.committedPrim
+			a := NewAggregator()
+			if tc.seePrimary {
+				a.Add("w1", []*regentv1.Observation{primaryObs("orders", "n1", at(0), 100)})
+			}
+			other := standbyObs("orders", "n2", at(0), 100)
+			other.SystemIdentifier = 42
+			a.Add("w1", []*regentv1.Observation{other, standbyObs("orders", "n3", at(0), 100)})
+			cmd := a.Changes(st, at(1000))
+			got := map[string]*regentv1.NodeStatus{}
+			for _, u := range cmd.GetNodes() {
+				got[u.Status.Name] = u.Status
+			}
+			if n2 := got["n2"]; n2 == nil || !n2.WrongSystem || n2.Role != regentv1.NodeRole_NODE_ROLE_UNKNOWN {
+				t.Errorf("n2 (system 42) = %v, want wrong_system with role unknown", n2)
+			}
+			if n3 := got["n3"]; n3 == nil || n3.WrongSystem || n3.Role != regentv1.NodeRole_NODE_ROLE_REPLICA {
+				t.Errorf("n3 = %v, want a replica", n3)
+			}
+		})
+	}
+}

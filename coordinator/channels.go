@@ -36,21 +36,27 @@ func (a *Aggregator) Channels(st *regentv1.State, now time.Time) *regentv1.Updat
 		if nodes == nil {
 			continue
 		}
-		committed := byCluster[c.GetName()]
-		if want, ok := clusterChannels(c, nodes, committed, now); ok && setDiffers(want, committed) {
-			cmd.Clusters = append(cmd.Clusters, c.GetName())
-			cmd.Channels = append(cmd.Channels, want...)
-		}
+		sys := clusterSystemID(c, nodes)
+		wrong := map[string]bool{} // nodes that are not this cluster's servers
+		var updates []*regentv1.NodeStatusUpdate
 		for _, ns := range c.GetNodeStatus() {
 			n := nodes[ns.GetName()]
 			if n == nil {
 				continue
 			}
-			if d := n.derive(ns, clusterSystemID(c, nodes)); factsDiffer(ns, d, true) {
+			d := n.derive(ns, sys)
+			wrong[ns.GetName()] = d.GetWrongSystem()
+			if factsDiffer(ns, d, true) {
 				d.UpdatedAt = timestamppb.New(now)
-				cmd.Nodes = append(cmd.Nodes, &regentv1.NodeStatusUpdate{Cluster: c.GetName(), Status: d})
+				updates = append(updates, &regentv1.NodeStatusUpdate{Cluster: c.GetName(), Status: d})
 			}
 		}
+		committed := byCluster[c.GetName()]
+		if want, ok := clusterChannels(c, nodes, wrong, committed, now); ok && setDiffers(want, committed) {
+			cmd.Clusters = append(cmd.Clusters, c.GetName())
+			cmd.Channels = append(cmd.Channels, want...)
+		}
+		cmd.Nodes = append(cmd.Nodes, updates...)
 	}
 	if len(cmd.Clusters) == 0 && len(cmd.Nodes) == 0 {
 		return nil
@@ -61,8 +67,9 @@ func (a *Aggregator) Channels(st *regentv1.State, now time.Time) *regentv1.Updat
 // clusterChannels computes a cluster's channel set: one channel per region that holds a
 // node other than the primary, sorted by secondary region. ok is false when the primary is
 // not among the cluster's nodes (nothing sensible to say; the committed set is left alone).
-func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, committed []*regentv1.ReplicationChannel,
-	now time.Time) (out []*regentv1.ReplicationChannel, ok bool) {
+// wrong marks the nodes derive found to be another cluster's server: they give no apply LSN.
+func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, wrong map[string]bool,
+	committed []*regentv1.ReplicationChannel, now time.Time) (out []*regentv1.ReplicationChannel, ok bool) {
 	var primaryRegion string
 	regions := map[string][]string{}
 	for _, n := range c.GetNodes() {
@@ -122,7 +129,7 @@ func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, committed [
 			if n.lastReachable.After(lastSeen) {
 				lastSeen = n.lastReachable
 			}
-			if n.wrongSystem() {
+			if wrong[name] {
 				continue
 			}
 			for _, w := range n.witnesses {

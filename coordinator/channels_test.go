@@ -83,6 +83,15 @@ func TestChannelFigures(t *testing.T) {
 			want:    ch(3000, 5000, 2000, 0, 0, at(1000), active),
 		},
 		{
+			name: "a standby answering with another system identifier does not count",
+			reports: []report{obsAt("w1", P(1000, 5000), func() *regentv1.Observation {
+				o := S("n2", 1000, 4900)
+				o.SystemIdentifier = 42
+				return o
+			}(), S("n3", 1000, 3000))},
+			want: ch(3000, 5000, 2000, 0, 0, at(1000), active),
+		},
+		{
 			name:      "no standby reachable: committed apply and last_seen stay (and it failed)",
 			committed: ch(2500, 3000, 500, 1, 1, at(-3000), active),
 			reports:   []report{obsAt("w1", withHB(P(1000, 5000), at(1000)), D("n2", 1000), D("n3", 1000))},
