@@ -58,7 +58,7 @@ func TestChangesVotes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := ordersState()
-			n1 := node(st, "orders", "n1")
+			n1 := statusOf(st, "orders", "n1")
 			n1.Votes = tt.committed
 			// The committed facts match the observations, so only votes can change.
 			n1.Role, n1.Timeline, n1.CurrentLsn, n1.SystemIdentifier = regentv1.NodeRole_NODE_ROLE_PRIMARY, 1, 100, sysID
@@ -327,7 +327,7 @@ func TestSystemIdentifierMismatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := ordersState()
-			n1 := node(st, "orders", "n1")
+			n1 := statusOf(st, "orders", "n1")
 			n1.Role, n1.SystemIdentifier = regentv1.NodeRole_NODE_ROLE_PRIMARY, tc.committedPrim
 			a := NewAggregator()
 			if tc.seePrimary {

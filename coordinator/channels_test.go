@@ -133,7 +133,7 @@ func TestChannelFigures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := ordersState()
-			node(st, "orders", "n1").Role = regentv1.NodeRole_NODE_ROLE_PRIMARY
+			statusOf(st, "orders", "n1").Role = regentv1.NodeRole_NODE_ROLE_PRIMARY
 			if tt.committed != nil {
 				c := proto.Clone(tt.committed).(*regentv1.ReplicationChannel)
 				c.Id = 1
@@ -309,11 +309,11 @@ func TestChannelsCommitCycle(t *testing.T) {
 		t.Fatalf("first round committed %d changes, %d channel batches; want 1, 1", ch, cs)
 	}
 	st := c.state()
-	if len(st.Channels) != 3 || st.Channels[0].Id != 1 || node(st, "orders", "n1").Role != regentv1.NodeRole_NODE_ROLE_PRIMARY {
+	if len(st.Channels) != 3 || st.Channels[0].Id != 1 || statusOf(st, "orders", "n1").Role != regentv1.NodeRole_NODE_ROLE_PRIMARY {
 		t.Fatalf("state after the first round: %v", st)
 	}
-	if len(node(st, "orders", "n2").Votes) != 3 {
-		t.Fatalf("votes of n2: %v", node(st, "orders", "n2").Votes)
+	if len(statusOf(st, "orders", "n2").Votes) != 3 {
+		t.Fatalf("votes of n2: %v", statusOf(st, "orders", "n2").Votes)
 	}
 
 	observe(500, 100)
@@ -331,7 +331,7 @@ func TestChannelsCommitCycle(t *testing.T) {
 		t.Fatalf("Channels = %v, want the five nodes' LSNs", cmd)
 	}
 	c.commit(regentv1.CommandType_COMMAND_TYPE_UPDATE_CHANNELS, cmd, at(1100))
-	if n1 := node(c.state(), "orders", "n1"); n1.CurrentLsn != 200 || !n1.UpdatedAt.AsTime().Equal(at(1100)) {
+	if n1 := statusOf(c.state(), "orders", "n1"); n1.CurrentLsn != 200 || !n1.UpdatedAt.AsTime().Equal(at(1100)) {
 		t.Fatalf("n1 after the batch: %v", n1)
 	}
 

@@ -75,8 +75,8 @@ func ordersState() *regentv1.State {
 	return &regentv1.State{Clusters: []*regentv1.Cluster{c}, NextChannelId: 1}
 }
 
-// node returns the named node's status in st (for tests to set committed facts).
-func node(st *regentv1.State, cluster, name string) *regentv1.NodeStatus {
+// statusOf returns the named node's status in st (for tests to set committed facts).
+func statusOf(st *regentv1.State, cluster, name string) *regentv1.NodeStatus {
 	for _, c := range st.Clusters {
 		if c.Name == cluster {
 			for _, n := range c.NodeStatus {
