@@ -104,6 +104,7 @@ func (lo *leaderObserve) commitChannels(ctx context.Context) time.Duration {
 			shortest = iv
 		}
 	}
+	lo.agg.Retain(st) // forget observations of deleted clusters and nodes
 	cmd := lo.agg.Channels(st, time.Now())
 	if cmd == nil {
 		return shortest
