@@ -58,6 +58,9 @@ type Agent struct {
 	Postgres Postgres `yaml:"postgres"`
 	// Alerts configures where alerts go besides the log.
 	Alerts Alerts `yaml:"alerts"`
+	// DNSKeys are the TSIG keys this witness signs DNS updates with, by the name a cluster
+	// spec's dns.tsig_key uses.
+	DNSKeys map[string]DNSKey `yaml:"dns_keys"`
 }
 
 // Log is the logging section of the agent configuration.
@@ -170,6 +173,12 @@ func Parse(data []byte, name string) (*Agent, error) {
 }
 
 func (c *Agent) applyDefaults(present map[string]int) {
+	for name, k := range c.DNSKeys {
+		if k.Algorithm == "" {
+			k.Algorithm = "hmac-sha256"
+			c.DNSKeys[name] = k
+		}
+	}
 	if _, ok := present["bootstrap_expect"]; !ok {
 		c.BootstrapExpect = DefaultBootstrapExpect
 	}
@@ -263,6 +272,7 @@ func (c *Agent) validate() []problem {
 	if c.Alerts.WebhookRetries < 0 || c.Alerts.WebhookRetries > MaxWebhookRetries {
 		add("alerts.webhook_retries", "%d is out of range 0-%d", c.Alerts.WebhookRetries, MaxWebhookRetries)
 	}
+	ps = append(ps, validateDNSKeys(c.DNSKeys)...)
 	// Keys are ranged from a map above; sort for a stable message.
 	sortProblems(ps)
 	return ps

@@ -144,10 +144,17 @@ func unescapeField(s string) string {
 // openPassfile opens a password file after checking that it is a regular file that group and
 // others cannot access. libpq only warns about such a file and ignores it; regent refuses it.
 func openPassfile(path string) (*os.File, error) {
+	return openPrivateFile(path, "password_file", "lines host:port:database:username:password")
+}
+
+// openPrivateFile opens a file holding secrets after checking that it is a regular file that
+// group and others cannot access; key names the configuration key and content what belongs in
+// the file, for the error messages.
+func openPrivateFile(path, key, content string) (*os.File, error) {
 	f, err := os.Open(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("%s does not exist: create it with lines host:port:database:username:password and chmod 600 %s, or remove the key: %w", path, path, err)
+		return nil, fmt.Errorf("%s does not exist: create it with %s and chmod 600 %s, or remove the key: %w", path, content, path, err)
 	case errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("%s cannot be read by this user: make it owned by the user regent runs as and chmod 600 %s: %w", path, path, err)
 	case err != nil:
@@ -160,7 +167,7 @@ func openPassfile(path string) (*os.File, error) {
 	}
 	if !st.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%v); point password_file at a file with lines host:port:database:username:password", path, st.Mode().Type())
+		return nil, fmt.Errorf("%s is not a regular file (%v); point %s at a file with %s", path, st.Mode().Type(), key, content)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		f.Close()
