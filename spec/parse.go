@@ -44,7 +44,9 @@ var (
 	topKeys    = []string{"name", "primary", "nodes", "policy", "dns"}
 	nodeKeys   = []string{"name", "region", "host", "port", "keeper_addr", "tags", "priority"}
 	policyKeys = []string{"probe_interval", "probe_timeout", "down_after", "lease_ttl",
-		"lag_alert_threshold", "failover_lag_threshold", "max_lag_on_failover", "cooldown"}
+		"lag_alert_threshold", "failover_lag_threshold", "max_lag_on_failover", "cooldown",
+		"fence_methods", "fence_command", "fence_fallback", "pre_promote_command", "post_failover_command",
+		"command_timeout"}
 	dnsKeys = []string{"server", "zone", "record", "ttl", "tsig_key"}
 )
 
@@ -65,8 +67,11 @@ func ParseFile(path string) (*regentv1.ClusterSpec, error) {
 // and port) is an error. Every problem found is reported, each as a *ParseError naming the
 // file, the line and the field; the returned error wraps ErrInvalid. Durations are Go
 // duration strings (500ms, 1.5s, 5m) and must be whole milliseconds; max_lag_on_failover is a
-// byte count with an optional unit (see ParseSize). Omitted policy keys take their defaults;
-// an explicit zero is refused because it could not be told apart from an omitted key.
+// byte count with an optional unit (see ParseSize); fence_methods is a list of method names
+// (sql, command); fence_command, fence_fallback, pre_promote_command and
+// post_failover_command are single strings. Omitted policy keys take their defaults; an
+// explicit zero (or an empty fence_methods list) is refused because it could not be told
+// apart from an omitted key.
 func Parse(data []byte, filename string) (*regentv1.ClusterSpec, error) {
 	if filename == "" {
 		filename = "spec"
@@ -374,6 +379,7 @@ func (p *parser) policy(n *yaml.Node) *regentv1.Policy {
 	dur("lag_alert_threshold", &pol.LagAlertThresholdMs, defaults.LagAlertThresholdMs)
 	dur("failover_lag_threshold", &pol.FailoverLagThresholdMs, defaults.FailoverLagThresholdMs)
 	dur("cooldown", &pol.CooldownMs, defaults.CooldownMs)
+	dur("command_timeout", &pol.CommandTimeoutMs, defaults.CommandTimeoutMs)
 	if v := m["max_lag_on_failover"]; !isNull(v) {
 		const field = "policy.max_lag_on_failover"
 		if v.Kind != yaml.ScalarNode {
@@ -386,6 +392,27 @@ func (p *parser) policy(n *yaml.Node) *regentv1.Policy {
 			pol.MaxLagOnFailoverBytes = b
 		}
 	}
+	if v := m["fence_methods"]; !isNull(v) {
+		const field = "policy.fence_methods"
+		switch {
+		case v.Kind != yaml.SequenceNode:
+			p.errf(v.Line, field, "must be a list such as [sql, command], got %s", kindName(v))
+		case len(v.Content) == 0:
+			p.errf(v.Line, field, "is an empty list, which cannot be stored (it means \"use the default\", [%s]); omit the key for the default or name at least one of %s",
+				strings.Join(DefaultFenceMethods, ", "), strings.Join(FenceMethods, ", "))
+		default:
+			for j, c := range v.Content {
+				fp := fmt.Sprintf("%s[%d]", field, j)
+				c = resolve(c)
+				p.lines[fp] = c.Line
+				pol.FenceMethods = append(pol.FenceMethods, p.str(c, fp))
+			}
+		}
+	}
+	pol.FenceCommand = p.str(m["fence_command"], "policy.fence_command")
+	pol.FenceFallback = p.str(m["fence_fallback"], "policy.fence_fallback")
+	pol.PrePromoteCommand = p.str(m["pre_promote_command"], "policy.pre_promote_command")
+	pol.PostFailoverCommand = p.str(m["post_failover_command"], "policy.post_failover_command")
 	return pol
 }
 

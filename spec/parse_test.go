@@ -32,6 +32,12 @@ func TestParseFileExample(t *testing.T) {
 			FailoverLagThresholdMs: 300000,
 			MaxLagOnFailoverBytes:  16 << 20,
 			CooldownMs:             300000,
+			FenceMethods:           []string{"sql", "command"},
+			FenceCommand:           "/usr/local/bin/fence-orders-primary",
+			FenceFallback:          "wait",
+			PrePromoteCommand:      "/usr/local/bin/check-orders-ready",
+			PostFailoverCommand:    "/usr/local/bin/notify-orders-failover",
+			CommandTimeoutMs:       10000,
 		},
 		Dns: &regentv1.DnsSpec{Server: "127.0.0.1:5353", Zone: "example.test.",
 			Record: "orders-primary.example.test.", Ttl: 5, TsigKey: "regent-key"},
@@ -68,6 +74,10 @@ func TestParseDefaults(t *testing.T) {
 		{"null policy", minimal + "policy:\n", WithDefaults(nil)},
 		{"partial policy", minimal + "policy: {down_after: 3s, max_lag_on_failover: 1048576, cooldown: 1m}\n",
 			WithDefaults(&regentv1.Policy{DownAfterMs: 3000, MaxLagOnFailoverBytes: 1 << 20, CooldownMs: 60000})},
+		{"fencing and hooks", minimal + "policy:\n  fence_methods: [command, sql]\n  fence_command: 'ssh bastion fence $REGENT_FROM_HOST'\n" +
+			"  fence_fallback: refuse\n  pre_promote_command: /bin/true\n  post_failover_command: /bin/notify\n  command_timeout: 2.5s\n",
+			WithDefaults(&regentv1.Policy{FenceMethods: []string{"command", "sql"}, FenceCommand: "ssh bastion fence $REGENT_FROM_HOST",
+				FenceFallback: "refuse", PrePromoteCommand: "/bin/true", PostFailoverCommand: "/bin/notify", CommandTimeoutMs: 2500})},
 		{"sizes and fractions", minimal + "policy: {probe_interval: 1.5s, probe_timeout: 1s, max_lag_on_failover: 2 GB}\n",
 			WithDefaults(&regentv1.Policy{ProbeIntervalMs: 1500, ProbeTimeoutMs: 1000, MaxLagOnFailoverBytes: 2 << 30})},
 	}
@@ -119,7 +129,7 @@ nodes:
 			name: "unknown policy and dns keys",
 			yaml: minimal + "policy: {probe_intervall: 1s}\ndns: {zone: a., ttl: 5, secret: x}\n",
 			want: []string{
-				`orders.yaml:5: unknown key "probe_intervall" in policy (known: probe_interval, probe_timeout, down_after, lease_ttl, lag_alert_threshold, failover_lag_threshold, max_lag_on_failover, cooldown)`,
+				`orders.yaml:5: unknown key "probe_intervall" in policy (known: probe_interval, probe_timeout, down_after, lease_ttl, lag_alert_threshold, failover_lag_threshold, max_lag_on_failover, cooldown, fence_methods, fence_command, fence_fallback, pre_promote_command, post_failover_command, command_timeout)`,
 				`orders.yaml:6: unknown key "secret" in dns (known: server, zone, record, ttl, tsig_key)`,
 			},
 		},
@@ -137,6 +147,44 @@ nodes:
 			name: "explicit zero duration",
 			yaml: minimal + "policy: {cooldown: 0s}\n",
 			want: []string{`orders.yaml:5: policy.cooldown: "0s": zero cannot be stored (it means "use the default", 5m0s); omit the key for the default or give a positive duration`},
+		},
+		{
+			name: "fence_methods not a list",
+			yaml: minimal + "policy:\n  fence_methods: sql\n",
+			want: []string{`orders.yaml:6: policy.fence_methods: must be a list such as [sql, command], got "sql"`},
+		},
+		{
+			name: "empty fence_methods",
+			yaml: minimal + "policy:\n  fence_methods: []\n",
+			want: []string{`orders.yaml:6: policy.fence_methods: is an empty list, which cannot be stored (it means "use the default", [sql]); omit the key for the default or name at least one of sql, command`},
+		},
+		{
+			name: "fence method that is not a word",
+			yaml: minimal + "policy:\n  fence_methods: [sql, [command]]\n",
+			want: []string{`orders.yaml:6: policy.fence_methods[1]: must be a single value, got a list`},
+		},
+		{
+			name: "explicit zero command_timeout",
+			yaml: minimal + "policy: {command_timeout: 0s}\n",
+			want: []string{`orders.yaml:5: policy.command_timeout: "0s": zero cannot be stored (it means "use the default", 10s); omit the key for the default or give a positive duration`},
+		},
+		{
+			name: "fencing validation errors are located",
+			yaml: minimal + "policy:\n  fence_methods:\n    - sql\n    - comand\n  fence_fallback: promote\n  pre_promote_command: [a]\n",
+			want: []string{`orders.yaml:10: policy.pre_promote_command: must be a single value, got a list`},
+		},
+		{
+			name: "fencing validation errors are located after parsing",
+			yaml: minimal + "policy:\n  fence_methods:\n    - sql\n    - comand\n  fence_fallback: promote\n",
+			want: []string{
+				`orders.yaml:8: policy.fence_methods[1]: "comand" is not a fence method; use sql or command`,
+				`orders.yaml:9: policy.fence_fallback: "promote" is not a fallback; use "wait" (wait lease_ttl, then promote) or "refuse" (abort the failover)`,
+			},
+		},
+		{
+			name: "missing fence_command is located at the policy",
+			yaml: minimal + "policy:\n  fence_methods: [command]\n",
+			want: []string{`orders.yaml:5: policy.fence_command: is required when policy.fence_methods includes "command": the shell command that fences the old primary (exit 0 = fenced)`},
 		},
 		{
 			name: "bad size",

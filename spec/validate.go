@@ -84,10 +84,39 @@ const (
 	DefaultFailoverLagThreshold = 300 * time.Second
 	DefaultMaxLagOnFailover     = 16 * 1024 * 1024 // bytes
 	DefaultCooldown             = 5 * time.Minute
+	DefaultCommandTimeout       = 10 * time.Second
+	DefaultFenceFallback        = FallbackWait
 )
 
+// Fence methods a policy may list in fence_methods, tried in the order given.
+const (
+	// FenceSQL fences a reachable old primary over SQL: make it read-only and terminate its
+	// client backends.
+	FenceSQL = "sql"
+	// FenceCommand runs the policy's fence_command; exit status 0 means fenced.
+	FenceCommand = "command"
+)
+
+// Values of a policy's fence_fallback: what a failover does when no fence method confirms.
+const (
+	// FallbackWait waits lease_ttl, so that a keeper's lease has surely lapsed, then promotes.
+	FallbackWait = "wait"
+	// FallbackRefuse aborts the failover.
+	FallbackRefuse = "refuse"
+)
+
+// FenceMethods lists every valid fence method, in the order error messages name them.
+var FenceMethods = []string{FenceSQL, FenceCommand}
+
+// DefaultFenceMethods is the fence_methods of a policy that names none. Treat it as
+// read-only; WithDefaults copies it.
+var DefaultFenceMethods = []string{FenceSQL}
+
 // WithDefaults returns a copy of p in which every zero field holds its default
-// (DefaultProbeInterval and so on). A nil p gives the all-default policy. p is not modified.
+// (DefaultProbeInterval and so on; an empty fence_methods becomes DefaultFenceMethods and an
+// empty fence_fallback DefaultFenceFallback). The commands (fence_command,
+// pre_promote_command, post_failover_command) have no default: empty means none. A nil p
+// gives the all-default policy. p is not modified.
 //
 // Because the schema's fields have no presence, an explicit zero cannot be told apart from an
 // omitted key: zero always means "the default". Parse refuses an explicit zero for that reason.
@@ -108,8 +137,15 @@ func WithDefaults(p *regentv1.Policy) *regentv1.Policy {
 	setMS(&out.LagAlertThresholdMs, DefaultLagAlertThreshold)
 	setMS(&out.FailoverLagThresholdMs, DefaultFailoverLagThreshold)
 	setMS(&out.CooldownMs, DefaultCooldown)
+	setMS(&out.CommandTimeoutMs, DefaultCommandTimeout)
 	if out.MaxLagOnFailoverBytes == 0 {
 		out.MaxLagOnFailoverBytes = DefaultMaxLagOnFailover
+	}
+	if len(out.FenceMethods) == 0 {
+		out.FenceMethods = slices.Clone(DefaultFenceMethods)
+	}
+	if out.FenceFallback == "" {
+		out.FenceFallback = DefaultFenceFallback
 	}
 	return out
 }
@@ -126,7 +162,9 @@ const nameRule = "must be 1-63 lower-case letters, digits or '-', starting and e
 // at least one node; node names are unique; every node has a region and a host; ports are
 // 1-65535; keeper_addr, if set, is host:port; tags are non-empty; primary names a node. The
 // policy, after WithDefaults, has no negative value, probe_timeout <= probe_interval,
-// down_after >= probe_interval and a positive lease_ttl. DNS, if present, has a host:port
+// down_after >= probe_interval and a positive lease_ttl; its fence_methods are each one of
+// FenceMethods, listed once; fence_command is set exactly when fence_methods includes
+// "command"; fence_fallback is "wait" or "refuse"; the commands, when set, are not blank. DNS, if present, has a host:port
 // server, a fully qualified zone and record (trailing dot) with the record inside the zone,
 // a ttl of 1-86400 and a tsig_key name.
 //
@@ -242,6 +280,7 @@ func validatePolicy(p *regentv1.Policy) []error {
 		{"lag_alert_threshold", p.GetLagAlertThresholdMs()},
 		{"failover_lag_threshold", p.GetFailoverLagThresholdMs()},
 		{"cooldown", p.GetCooldownMs()},
+		{"command_timeout", p.GetCommandTimeoutMs()},
 	}
 	negative := false
 	for _, d := range durations {
@@ -254,7 +293,8 @@ func validatePolicy(p *regentv1.Policy) []error {
 		add("max_lag_on_failover", "%d bytes must not be negative", p.GetMaxLagOnFailoverBytes())
 	}
 	if negative {
-		return errs // cross-field comparisons would only repeat the problem
+		// Cross-field comparisons would only repeat the problem.
+		return append(errs, validateFencing(p)...)
 	}
 	if p.GetProbeTimeoutMs() > p.GetProbeIntervalMs() {
 		add("probe_timeout", "%s must not exceed policy.probe_interval (%s): a probe must finish before the next one starts",
@@ -263,6 +303,47 @@ func validatePolicy(p *regentv1.Policy) []error {
 	if p.GetDownAfterMs() < p.GetProbeIntervalMs() {
 		add("down_after", "%s must be at least policy.probe_interval (%s): a node needs at least one failed probe to be down",
 			ms(p.GetDownAfterMs()), ms(p.GetProbeIntervalMs()))
+	}
+	return append(errs, validateFencing(p)...)
+}
+
+// validateFencing checks the fence and hook settings of a defaulted policy.
+func validateFencing(p *regentv1.Policy) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: "policy." + field, Msg: fmt.Sprintf(format, args...)})
+	}
+	seen := map[string]int{}
+	for i, m := range p.GetFenceMethods() {
+		field := fmt.Sprintf("fence_methods[%d]", i)
+		switch j, dup := seen[m]; {
+		case !slices.Contains(FenceMethods, m):
+			add(field, "%q is not a fence method; use %s", m, strings.Join(FenceMethods, " or "))
+		case dup:
+			add(field, "%q is already listed as fence_methods[%d]; name each method once", m, j)
+		default:
+			seen[m] = i
+		}
+	}
+	_, usesCommand := seen[FenceCommand]
+	cmd := p.GetFenceCommand()
+	switch {
+	case usesCommand && strings.TrimSpace(cmd) == "":
+		add("fence_command", "is required when policy.fence_methods includes %q: the shell command that fences the old primary (exit 0 = fenced)", FenceCommand)
+	case !usesCommand && cmd != "":
+		add("fence_command", "is set but policy.fence_methods (%s) does not include %q, so it would never run; add %q to fence_methods or remove fence_command",
+			strings.Join(p.GetFenceMethods(), ", "), FenceCommand, FenceCommand)
+	}
+	switch p.GetFenceFallback() {
+	case FallbackWait, FallbackRefuse:
+	default:
+		add("fence_fallback", "%q is not a fallback; use %q (wait lease_ttl, then promote) or %q (abort the failover)",
+			p.GetFenceFallback(), FallbackWait, FallbackRefuse)
+	}
+	for _, c := range []struct{ key, v string }{{"pre_promote_command", p.GetPrePromoteCommand()}, {"post_failover_command", p.GetPostFailoverCommand()}} {
+		if c.v != "" && strings.TrimSpace(c.v) == "" {
+			add(c.key, "is blank; omit the key to run no command")
+		}
 	}
 	return errs
 }

@@ -101,6 +101,32 @@ func TestValidate(t *testing.T) {
 			[]string{"dns.ttl: 86401 is out of range 1-86400 seconds"}},
 		{"dns server", func(s *regentv1.ClusterSpec) { s.Dns.Server = "ns1" },
 			[]string{`dns.server: "ns1" is not host:port (missing port in address)`}},
+
+		{"fence by command with hooks", func(s *regentv1.ClusterSpec) {
+			s.Policy = &regentv1.Policy{FenceMethods: []string{"command", "sql"}, FenceCommand: "fence.sh", FenceFallback: "refuse",
+				PrePromoteCommand: "check.sh", PostFailoverCommand: "notify.sh", CommandTimeoutMs: 2500}
+		}, nil},
+		{"unknown fence method", func(s *regentv1.ClusterSpec) { s.Policy = &regentv1.Policy{FenceMethods: []string{"sql", "stonith"}} },
+			[]string{`policy.fence_methods[1]: "stonith" is not a fence method; use sql or command`}},
+		{"fence method listed twice", func(s *regentv1.ClusterSpec) {
+			s.Policy = &regentv1.Policy{FenceMethods: []string{"command", "sql", "command"}, FenceCommand: "f"}
+		}, []string{`policy.fence_methods[2]: "command" is already listed as fence_methods[0]; name each method once`}},
+		{"fence method in upper case", func(s *regentv1.ClusterSpec) { s.Policy = &regentv1.Policy{FenceMethods: []string{"SQL"}} },
+			[]string{`policy.fence_methods[0]: "SQL" is not a fence method; use sql or command`}},
+		{"command method without fence_command", func(s *regentv1.ClusterSpec) {
+			s.Policy = &regentv1.Policy{FenceMethods: []string{"sql", "command"}, FenceCommand: "  "}
+		}, []string{`policy.fence_command: is required when policy.fence_methods includes "command": the shell command that fences the old primary (exit 0 = fenced)`}},
+		{"fence_command that would never run", func(s *regentv1.ClusterSpec) { s.Policy = &regentv1.Policy{FenceCommand: "fence.sh"} },
+			[]string{`policy.fence_command: is set but policy.fence_methods (sql) does not include "command", so it would never run; add "command" to fence_methods or remove fence_command`}},
+		{"bad fence_fallback", func(s *regentv1.ClusterSpec) { s.Policy = &regentv1.Policy{FenceFallback: "promote"} },
+			[]string{`policy.fence_fallback: "promote" is not a fallback; use "wait" (wait lease_ttl, then promote) or "refuse" (abort the failover)`}},
+		{"blank hook commands", func(s *regentv1.ClusterSpec) {
+			s.Policy = &regentv1.Policy{PrePromoteCommand: " ", PostFailoverCommand: "\t"}
+		}, []string{"policy.pre_promote_command: is blank; omit the key to run no command",
+			"policy.post_failover_command: is blank; omit the key to run no command"}},
+		{"negative command_timeout and a bad method are both reported", func(s *regentv1.ClusterSpec) {
+			s.Policy = &regentv1.Policy{CommandTimeoutMs: -1, FenceMethods: []string{"x"}}
+		}, []string{"policy.command_timeout: -1ms must not be negative", `policy.fence_methods[0]: "x" is not a fence method; use sql or command`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -171,6 +197,7 @@ func TestWithDefaults(t *testing.T) {
 	all := &regentv1.Policy{
 		ProbeIntervalMs: 500, ProbeTimeoutMs: 400, DownAfterMs: 1500, LeaseTtlMs: 2000,
 		LagAlertThresholdMs: 60000, FailoverLagThresholdMs: 300000, MaxLagOnFailoverBytes: 16 * 1024 * 1024, CooldownMs: 300000,
+		FenceMethods: []string{"sql"}, FenceFallback: "wait", CommandTimeoutMs: 10000,
 	}
 	if got := WithDefaults(nil); !proto.Equal(got, all) {
 		t.Fatalf("WithDefaults(nil) = %v, want %v", got, all)
@@ -189,5 +216,19 @@ func TestWithDefaults(t *testing.T) {
 	// Idempotent.
 	if again := WithDefaults(got); !proto.Equal(again, got) {
 		t.Fatalf("WithDefaults is not idempotent")
+	}
+	// Set fence and hook settings are kept; the default list is not shared.
+	set := &regentv1.Policy{FenceMethods: []string{"command"}, FenceCommand: "f", FenceFallback: "refuse", CommandTimeoutMs: 1,
+		PrePromoteCommand: "p", PostFailoverCommand: "q"}
+	want := proto.Clone(all).(*regentv1.Policy)
+	want.FenceMethods, want.FenceCommand, want.FenceFallback, want.CommandTimeoutMs = []string{"command"}, "f", "refuse", 1
+	want.PrePromoteCommand, want.PostFailoverCommand = "p", "q"
+	if got := WithDefaults(set); !proto.Equal(got, want) {
+		t.Fatalf("WithDefaults(%v) = %v, want %v", set, got, want)
+	}
+	d := WithDefaults(nil)
+	d.FenceMethods[0] = "mutated"
+	if DefaultFenceMethods[0] != FenceSQL || WithDefaults(nil).FenceMethods[0] != FenceSQL {
+		t.Fatalf("WithDefaults shares DefaultFenceMethods with its result")
 	}
 }
