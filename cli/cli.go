@@ -1,6 +1,25 @@
 // Package cli implements the operator's client commands of the regent binary (status, members,
-// cluster, channels, events, watch): it parses their flags, calls a witness's gRPC API and
-// prints the answer as a table for people or as protojson for scripts.
+// cluster, channels, events, watch, failover, pause, resume): it parses their flags, calls a
+// witness's gRPC API and prints the answer as a table for people or as protojson for scripts.
+//
+// Failover commands. `regent failover --cluster C` asks the leader to start a manual failover,
+// to the node named by --to or else to the candidate an automatic failover would pick; --force
+// skips the lag gate (max_lag_on_failover, failover_lag_threshold) but never the fence. The
+// command returns once the failover is decided; the saga then runs on the leader, and
+// `regent events --cluster C --watch` follows it step by step. `regent pause` and `regent resume`
+// turn a cluster's automatic failover off and on; a manual failover is still possible while
+// paused.
+//
+// Output. `regent events` prints one block per failover event: the trigger, each committed
+// step with its time (the first as a clock time, the others as offsets from it), the fence
+// method, the promoted timeline and LSN, the data lost (an estimate until the old primary
+// rejoins, then exact), the DNS publish result, the abort reason and the saga's notes. With
+// --watch it then follows the Watch stream and prints one line per change of a failover
+// event, e.g. "10:00:01.634 event 7 orders fenced (sql)", until interrupted. `regent status`
+// shows under each cluster's header whether automatic failover is paused, why the coordinator
+// last declined to fail over, and any failover still running.
+//
+// Clock times are printed in the local time zone (the zone of the clock Run is given).
 package cli
 
 import (
@@ -79,13 +98,26 @@ var commands = []command{
 	{Command{"channels", []string{"channels [--cluster C]"},
 		"replication channels with their status and lag"},
 		(*runner).channels, nil},
-	{Command{"events", []string{"events [--cluster C]"},
-		"failover events: from where to where, when, which step, data lost"},
+	{Command{"events", []string{"events [--cluster C] [--watch]"},
+		"failover events: each step and its time, fence, data lost, DNS; --watch follows them"},
 		(*runner).events, nil},
+	{Command{"failover", []string{"failover --cluster C [--to NODE] [--force] [--reason TEXT]"},
+		"start a manual failover, to NODE or else to the best candidate"},
+		(*runner).failover, nil},
+	{Command{"pause", []string{"pause --cluster C [--reason TEXT]"},
+		"stop automatic failover of a cluster (manual failover still works)"},
+		(*runner).pause, nil},
+	{Command{"resume", []string{"resume --cluster C"},
+		"re-enable automatic failover of a paused cluster"},
+		(*runner).resume, nil},
 	{Command{"watch", []string{"watch [--from N]"},
 		"follow state changes as they are committed (Ctrl-C to stop)"},
 		(*runner).watch, nil},
 }
+
+// usageWidth is the width of the synopsis column in Usage; longer synopses get their summary
+// on the next line.
+const usageWidth = 26
 
 // Commands returns the client commands Run handles, in help order. A caller dispatching on the
 // first word of the command line should look it up with Subcommand, since global flags may
@@ -144,7 +176,11 @@ func Usage(w io.Writer) {
 			if i < len(c.lines) {
 				summary = c.lines[i]
 			}
-			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-26s %s", u, summary), " "))
+			if len(u) > usageWidth {
+				fmt.Fprintf(w, "  %s\n  %*s %s\n", u, usageWidth, "", summary)
+				continue
+			}
+			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-*s %s", usageWidth, u, summary), " "))
 		}
 	}
 	fmt.Fprint(w, globalHelp)
@@ -383,8 +419,15 @@ func (r *runner) cmdFlags(fs *flag.FlagSet) {
 	switch r.cmd.Name {
 	case "cluster":
 		fs.String("f", "", "cluster spec `FILE` (YAML), for cluster apply")
-	case "channels", "events":
+	case "channels":
 		fs.String("cluster", "", "only this `cluster`")
+	case "events":
+		fs.String("cluster", "", "only this `cluster`")
+		fs.Bool("watch", false, "then follow changes to failover events until interrupted (Ctrl-C)")
+	case "failover":
+		failoverFlags(fs)
+	case "pause", "resume":
+		pauseFlags(fs, r.cmd.Name == "pause")
 	case "watch":
 		fs.Uint64("from", 0, "send changes after this Raft `index`; 0 starts with a snapshot")
 	}

@@ -224,24 +224,44 @@ func golden(t *testing.T, name, got string) {
 // history of failovers.
 func cannedState() *regentv1.GetStateResponse {
 	loss := func(n int64) *int64 { return &n }
+	// steps returns step times at the given offsets from start, one per step from decided on.
+	steps := func(start time.Duration, offsets ...time.Duration) []*regentv1.StepTime {
+		out := make([]*regentv1.StepTime, len(offsets))
+		for i, off := range offsets {
+			out[i] = &regentv1.StepTime{Step: regentv1.FailoverStep(i + 1), At: ago(start - off)}
+		}
+		return out
+	}
+	ms := time.Millisecond
 	events := []*regentv1.FailoverEvent{{
 		Id: 7, Cluster: "orders", FromRegion: "eu-west", ToRegion: "us-east", FromNode: "pg-eu", ToNode: "pg-us",
 		TriggerReason: "switchover requested by alice", StartedAt: ago(5 * time.Minute),
-		CompletedAt: ago(5*time.Minute - 1400*time.Millisecond), Step: regentv1.FailoverStep_FAILOVER_STEP_COMPLETED,
-		DataLossBytes: loss(0), DataLossExact: true,
+		CompletedAt: ago(5*time.Minute - 1400*ms), Step: regentv1.FailoverStep_FAILOVER_STEP_COMPLETED,
+		DataLossBytes: loss(0), DataLossExact: true, Manual: true, Term: 4, FenceMethod: "sql",
+		PromotedLsn: 0x16_B3000000, PromotedTimeline: 3, Published: true,
+		Steps: steps(5*time.Minute, 0, 320*ms, 910*ms, 1120*ms, 1310*ms, 1400*ms),
 	}, {
 		Id: 6, Cluster: "orders", FromRegion: "us-east", ToRegion: "eu-west", FromNode: "pg-us", ToNode: "pg-eu",
 		TriggerReason: "primary unreachable from w1, w3", StartedAt: ago(26 * time.Hour),
 		CompletedAt: ago(26*time.Hour - 4*time.Second), Step: regentv1.FailoverStep_FAILOVER_STEP_COMPLETED,
-		DataLossBytes: loss(18 * 1024),
+		DataLossBytes: loss(18 * 1024), Term: 3, FenceMethod: "lease_wait",
+		OldPrimaryLsn: 0x15_00004800, PromotedLsn: 0x15_00000000, PromotedTimeline: 2,
+		PublishError: "dns update for orders.db.example.: NOTAUTH",
+		Notes: []string{
+			"sql: pg-us unreachable: dial tcp 10.0.1.1:5432: i/o timeout",
+			"pg-ap unreachable: not repointed",
+		},
+		Steps: steps(26*time.Hour, 0, 2500*ms, 3100*ms, 3400*ms, 3900*ms, 4000*ms),
 	}}
-	for id := uint64(1); id <= 5; id++ {
+	for id := uint64(1); id <= 5; id++ { // recorded without step times, as older agents did
 		events = append(events, &regentv1.FailoverEvent{
 			Id: id, Cluster: "orders", FromRegion: "us-east", ToRegion: "eu-west", TriggerReason: "drill",
 			StartedAt: ago(time.Duration(40-id) * 24 * time.Hour), Step: regentv1.FailoverStep_FAILOVER_STEP_ABORTED,
 			AbortReason: "no candidate within max_lag_on_failover",
 		})
 	}
+	events[len(events)-1].CompletedAt = ago(35*24*time.Hour - 200*ms) // event 5
+
 	return &regentv1.GetStateResponse{
 		Leader: "w1", Index: 1234, ServedBy: "w2",
 		Members: []*regentv1.MemberStatus{
@@ -251,6 +271,8 @@ func cannedState() *regentv1.GetStateResponse {
 		},
 		Clusters: []*regentv1.Cluster{{
 			Name: "orders", Primary: "pg-us", SpecVersion: 2,
+			Refusal:   "no candidate: pg-eu lag 40.0 MiB > max_lag_on_failover 16.0 MiB",
+			RefusalAt: ago(3 * time.Second),
 			Nodes: []*regentv1.NodeSpec{
 				{Name: "pg-us", Region: "us-east", Host: "10.0.1.1", Port: 5432},
 				{Name: "pg-eu", Region: "eu-west", Host: "10.1.1.1", Port: 5432},
@@ -265,7 +287,8 @@ func cannedState() *regentv1.GetStateResponse {
 				Votes: []*regentv1.Vote{{Witness: "w1", Reachable: true}, {Witness: "w2", Reachable: true}, {Witness: "w3", Reachable: true}},
 			}},
 		}, {
-			Name: "billing", Primary: "b1", SpecVersion: 1, Paused: true,
+			Name: "billing", Primary: "b1", SpecVersion: 1, Paused: true, PauseReason: "disk replacement on b1 (alice)",
+			Refusal: "paused", RefusalAt: ago(50 * time.Hour),
 			Nodes: []*regentv1.NodeSpec{{Name: "b1", Region: "us-east", Host: "b1.internal", Port: 5432}},
 		}},
 		Channels: []*regentv1.ReplicationChannel{{

@@ -80,6 +80,7 @@ func (r *runner) printState(s *regentv1.GetStateResponse) error {
 			}
 			fmt.Fprintf(w, "\nCLUSTER %s (primary %s, spec version %d%s)\n", c.GetName(),
 				dash(c.GetPrimary()), c.GetSpecVersion(), paused)
+			printClusterNotes(w, c, s.GetFailoverEvents(), now)
 			if len(c.GetNodes()) == 0 {
 				fmt.Fprintln(w, "no nodes")
 				continue
@@ -360,9 +361,17 @@ func (r *runner) channels(args []string) error {
 }
 
 func (r *runner) events(args []string) error {
-	cluster, err := r.clusterFilter(args)
+	var cluster string
+	var follow bool
+	fs := r.flagSet("events")
+	fs.StringVar(&cluster, "cluster", "", "only this `cluster`")
+	fs.BoolVar(&follow, "watch", false, "then follow changes to failover events until interrupted (Ctrl-C)")
+	pos, err := r.parse(fs, args)
 	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return usagef("events takes no arguments, got %q (filter with --cluster C)", strings.Join(pos, " "))
 	}
 	c, err := r.dial()
 	if err != nil {
@@ -374,14 +383,22 @@ func (r *runner) events(args []string) error {
 	if err != nil {
 		return r.rpcErr("list failover events"+forCluster(cluster), err)
 	}
+	if follow {
+		return r.followEvents(c, cluster, resp)
+	}
 	if r.json() {
 		return printJSON(r.stdout, resp)
 	}
-	if len(resp.GetFailoverEvents()) == 0 {
-		fmt.Fprintf(r.stdout, "no failover events%s\n", forCluster(cluster))
-		return nil
+	return r.printEventList(cluster, resp.GetFailoverEvents())
+}
+
+// printEventList prints events as detail blocks, oldest first, or says there are none.
+func (r *runner) printEventList(cluster string, events []*regentv1.FailoverEvent) error {
+	if len(events) == 0 {
+		_, err := fmt.Fprintf(r.stdout, "no failover events%s\n", forCluster(cluster))
+		return writeErr(err)
 	}
-	return printEvents(r.stdout, sortedEvents(resp.GetFailoverEvents()), r.now())
+	return printEventBlocks(r.stdout, sortedEvents(events), r.now())
 }
 
 // watch follows the Watch stream until the server ends it or ctx is cancelled. --timeout
@@ -405,7 +422,7 @@ func (r *runner) watch(args []string) error {
 	defer cancel()
 	stream, err := c.Watch(ctx, &regentv1.WatchRequest{FromIndex: from})
 	if err != nil {
-		return r.watchErr(err)
+		return r.watchErr("watch", err)
 	}
 	for {
 		ev, err := stream.Recv()
@@ -413,7 +430,7 @@ func (r *runner) watch(args []string) error {
 			return nil
 		}
 		if err != nil {
-			return r.watchErr(err)
+			return r.watchErr("watch", err)
 		}
 		if err := r.printWatchEvent(ev); err != nil {
 			return err
@@ -422,11 +439,11 @@ func (r *runner) watch(args []string) error {
 }
 
 // watchErr treats the end of the caller's context (Ctrl-C) as a clean stop.
-func (r *runner) watchErr(err error) error {
+func (r *runner) watchErr(what string, err error) error {
 	if r.ctx.Err() != nil && (status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled)) {
 		return nil
 	}
-	return r.rpcErr("watch", err)
+	return r.rpcErr(what, err)
 }
 
 func (r *runner) printWatchEvent(ev *regentv1.WatchEvent) error {

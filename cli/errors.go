@@ -17,10 +17,17 @@ type rpcError struct {
 	addr    string
 	timeout time.Duration
 	err     error
+	// hints are extra lines for particular codes, e.g. where to look after NotFound.
+	hints map[codes.Code]string
 }
 
 func (r *runner) rpcErr(what string, err error) error {
 	return &rpcError{what: what, addr: r.g.addr, timeout: r.g.timeout, err: err}
+}
+
+// rpcErrHints is rpcErr with a hint printed after the error when its code is in hints.
+func (r *runner) rpcErrHints(what string, err error, hints map[codes.Code]string) error {
+	return &rpcError{what: what, addr: r.g.addr, timeout: r.g.timeout, err: err, hints: hints}
 }
 
 func (e *rpcError) Error() string {
@@ -57,5 +64,8 @@ func (e *rpcError) print(w io.Writer) {
 		fmt.Fprintf(w, "hint: the agent at %s does not serve this call; is it an older version?\n", e.addr)
 	default:
 		fmt.Fprintf(w, "regent: %s: %s\n", e.what, st.Message())
+	}
+	if h := e.hints[st.Code()]; h != "" {
+		fmt.Fprintf(w, "hint: %s\n", h)
 	}
 }

@@ -312,9 +312,10 @@ func sortedEvents(events []*regentv1.FailoverEvent) []*regentv1.FailoverEvent {
 	return es
 }
 
-// printEvents writes the failover events table, oldest first.
+// printEvents writes the failover events table, oldest first (status shows it; events prints
+// detail blocks).
 func printEvents(w io.Writer, events []*regentv1.FailoverEvent, now time.Time) error {
-	t := newTable(w, "ID", "CLUSTER", "FROM", "TO", "STEP", "STARTED", "TOOK", "DATA_LOSS", "REASON")
+	t := newTable(w, "ID", "CLUSTER", "FROM", "TO", "STEP", "STARTED", "TOOK", "FENCE", "DATA_LOSS", "DNS", "REASON")
 	for _, e := range events {
 		took := "-"
 		switch {
@@ -325,12 +326,16 @@ func printEvents(w io.Writer, events []*regentv1.FailoverEvent, now time.Time) e
 			took = "running"
 		}
 		reason := dash(e.GetTriggerReason())
+		if e.GetManual() {
+			reason = "manual: " + reason
+		}
 		if e.GetAbortReason() != "" {
 			reason += "; aborted: " + e.GetAbortReason()
 		}
 		t.row(strconv.FormatUint(e.GetId(), 10), dash(e.GetCluster()),
 			nodeAt(e.GetFromNode(), e.GetFromRegion()), nodeAt(e.GetToNode(), e.GetToRegion()),
-			stepName(e.GetStep()), age(e.GetStartedAt(), now), took, dataLoss(e), reason)
+			stepName(e.GetStep()), age(e.GetStartedAt(), now), took, dash(e.GetFenceMethod()), dataLoss(e),
+			dnsShort(e), reason)
 	}
 	return t.flush()
 }
@@ -354,17 +359,19 @@ func dataLoss(e *regentv1.FailoverEvent) string {
 	if e.DataLossBytes == nil {
 		return "unknown"
 	}
-	n := e.GetDataLossBytes()
-	var s string
-	if n < 0 {
-		s = strconv.FormatInt(n, 10) + " B"
-	} else {
-		s = formatBytes(uint64(n))
-	}
+	s := lossBytes(e.GetDataLossBytes())
 	if e.GetDataLossExact() {
 		return s
 	}
 	return "~" + s + " (est.)"
+}
+
+// lossBytes prints a data loss figure in bytes; a negative one (never expected) as is.
+func lossBytes(n int64) string {
+	if n < 0 {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	return formatBytes(uint64(n))
 }
 
 // joinHostPort prints host:port, leaving out what is unknown.
