@@ -313,4 +313,3 @@ func TestSQLContextBudget(t *testing.T) {
 		t.Error("no deadline without a ctx deadline")
 	}
 }
-
