@@ -7,8 +7,7 @@
 // skips the lag gate (max_lag_on_failover, failover_lag_threshold) but never the fence. The
 // command returns once the failover is decided; the saga then runs on the leader, and
 // `regent events --cluster C --watch` follows it step by step. `regent pause` and `regent resume`
-// turn a cluster's automatic failover off and on; a manual failover is still possible while
-// paused.
+// turn a cluster's automatic failover off and on.
 //
 // Output. `regent events` prints one block per failover event: the trigger, each committed
 // step with its time (the first as a clock time, the others as offsets from it), the fence
@@ -105,7 +104,7 @@ var commands = []command{
 		"start a manual failover, to NODE or else to the best candidate"},
 		(*runner).failover, nil},
 	{Command{"pause", []string{"pause --cluster C [--reason TEXT]"},
-		"stop automatic failover of a cluster (manual failover still works)"},
+		"stop automatic failover of a cluster until resumed"},
 		(*runner).pause, nil},
 	{Command{"resume", []string{"resume --cluster C"},
 		"re-enable automatic failover of a paused cluster"},
@@ -411,6 +410,10 @@ func (r *runner) commandHelp(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, globalHelp)
 }
 
+// watchEventsHelp is the help of `events --watch`.
+const watchEventsHelp = "then follow changes to failover events, one line each, until interrupted (Ctrl-C); " +
+	"with -o json, one JSON object a line"
+
 // globalFlags are the names flagSet registers on every FlagSet.
 var globalFlags = map[string]bool{"addr": true, "o": true, "output": true, "timeout": true, "consistent": true}
 
@@ -423,7 +426,7 @@ func (r *runner) cmdFlags(fs *flag.FlagSet) {
 		fs.String("cluster", "", "only this `cluster`")
 	case "events":
 		fs.String("cluster", "", "only this `cluster`")
-		fs.Bool("watch", false, "then follow changes to failover events until interrupted (Ctrl-C)")
+		fs.Bool("watch", false, watchEventsHelp)
 	case "failover":
 		failoverFlags(fs)
 	case "pause", "resume":

@@ -37,6 +37,8 @@ type fakeServer struct {
 
 	state    *regentv1.GetStateResponse
 	apply    *regentv1.ApplyClusterResponse
+	failover *regentv1.FailoverResponse
+	paused   string // pause reason Pause answers with; the request's reason when empty
 	watch    []*regentv1.WatchEvent
 	watchEOF bool  // end the stream after sending watch, instead of waiting for the client
 	err      error // when set, every call fails with it
@@ -129,6 +131,31 @@ func (f *fakeServer) RemoveMember(_ context.Context, req *regentv1.RemoveMemberR
 		return nil, err
 	}
 	return &regentv1.RemoveMemberResponse{Index: 77}, nil
+}
+
+func (f *fakeServer) Failover(_ context.Context, req *regentv1.FailoverRequest) (*regentv1.FailoverResponse, error) {
+	if err := f.record("Failover", req); err != nil {
+		return nil, err
+	}
+	return f.failover, nil
+}
+
+func (f *fakeServer) Pause(_ context.Context, req *regentv1.PauseRequest) (*regentv1.PauseResponse, error) {
+	if err := f.record("Pause", req); err != nil {
+		return nil, err
+	}
+	reason := f.paused
+	if reason == "" {
+		reason = req.GetReason()
+	}
+	return &regentv1.PauseResponse{Cluster: &regentv1.Cluster{Name: req.GetCluster(), Paused: true, PauseReason: reason}}, nil
+}
+
+func (f *fakeServer) Resume(_ context.Context, req *regentv1.ResumeRequest) (*regentv1.ResumeResponse, error) {
+	if err := f.record("Resume", req); err != nil {
+		return nil, err
+	}
+	return &regentv1.ResumeResponse{Cluster: &regentv1.Cluster{Name: req.GetCluster()}}, nil
 }
 
 func (f *fakeServer) Watch(req *regentv1.WatchRequest, stream grpc.ServerStreamingServer[regentv1.WatchEvent]) error {
@@ -494,6 +521,18 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"cluster", "explode"}, `unknown cluster subcommand "explode"`},
 		{[]string{"events", "orders"}, `events takes no arguments, got "orders" (filter with --cluster C)`},
 		{[]string{"watch", "--from", "-1"}, `invalid value "-1" for flag -from`},
+		{[]string{"events", "--watch=maybe"}, `invalid boolean value "maybe" for -watch`},
+		{[]string{"failover"}, "failover needs --cluster C"},
+		{[]string{"failover", "--to", "pg-eu", "--force"}, "failover needs --cluster C"},
+		{[]string{"failover", "orders"}, `failover takes no arguments, got "orders" (name the cluster with --cluster C)`},
+		{[]string{"failover", "--cluster", "orders", "--force=sure"}, `invalid boolean value "sure" for -force`},
+		{[]string{"failover", "--cluster", "orders", "--to"}, "flag needs an argument: -to"},
+		{[]string{"pause"}, "pause needs --cluster C"},
+		{[]string{"pause", "--reason", "maintenance"}, "pause needs --cluster C"},
+		{[]string{"pause", "--cluster", "orders", "now"}, `pause takes no arguments, got "now"`},
+		{[]string{"resume"}, "resume needs --cluster C"},
+		{[]string{"resume", "--cluster", "orders", "--reason", "x"}, "flag provided but not defined: -reason"},
+		{[]string{"-o", "yaml", "failover", "--cluster", "orders"}, `-o "yaml": want table or json`},
 	} {
 		args := append([]string{"--addr", addr}, tc.args...)
 		r := run(t, "", args...)
@@ -557,7 +596,7 @@ func TestSubcommand(t *testing.T) {
 	for _, c := range Commands() {
 		names[c.Name] = true
 	}
-	for _, n := range []string{"status", "members", "cluster", "channels", "events", "watch"} {
+	for _, n := range []string{"status", "members", "cluster", "channels", "events", "watch", "failover", "pause", "resume"} {
 		if !names[n] {
 			t.Errorf("Commands() lacks %q", n)
 		}

@@ -365,7 +365,7 @@ func (r *runner) events(args []string) error {
 	var follow bool
 	fs := r.flagSet("events")
 	fs.StringVar(&cluster, "cluster", "", "only this `cluster`")
-	fs.BoolVar(&follow, "watch", false, "then follow changes to failover events until interrupted (Ctrl-C)")
+	fs.BoolVar(&follow, "watch", false, watchEventsHelp)
 	pos, err := r.parse(fs, args)
 	if err != nil {
 		return err
@@ -381,6 +381,9 @@ func (r *runner) events(args []string) error {
 	defer cancel()
 	resp, err := c.ListFailoverEvents(ctx, &regentv1.ListFailoverEventsRequest{Read: r.readOptions(), Cluster: cluster})
 	if err != nil {
+		if follow {
+			return r.watchErr("list failover events"+forCluster(cluster), err) // Ctrl-C before the stream began
+		}
 		return r.rpcErr("list failover events"+forCluster(cluster), err)
 	}
 	if follow {

@@ -326,8 +326,9 @@ func printClusterNotes(w io.Writer, c *regentv1.Cluster, events []*regentv1.Fail
 //
 //	10:00:01.234 event 7 orders fenced (sql)
 //
-// Each newly committed step gives a line at the step's time; new notes, a new leader taking
-// the saga over and a new data loss figure give lines at now.
+// Each newly committed step gives a line at the step's time. New notes, a new leader taking
+// the saga over and a new data loss figure give lines at the time of the newest step in the
+// same change, since a step commits its notes and figures with it, or else at now.
 func eventChanges(prev, cur *regentv1.FailoverEvent, now time.Time) []string {
 	var lines []string
 	add := func(at time.Time, format string, a ...any) {
@@ -342,11 +343,13 @@ func eventChanges(prev, cur *regentv1.FailoverEvent, now time.Time) []string {
 	}
 
 	completed := false
+	other := now // when the changes that are not steps happened
 	step := func(st *regentv1.StepTime) {
 		if st.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
 			completed = true
 		}
-		add(stepAt(st), "%s", stepChange(cur, st.GetStep()))
+		other = stepAt(st)
+		add(other, "%s", stepChange(cur, st.GetStep()))
 	}
 	if len(cur.GetSteps()) > 0 {
 		had := make(map[regentv1.FailoverStep]bool)
@@ -376,10 +379,10 @@ func eventChanges(prev, cur *regentv1.FailoverEvent, now time.Time) []string {
 
 	if prev != nil {
 		if prev.GetTerm() != 0 && cur.GetTerm() != prev.GetTerm() {
-			add(now, "saga taken over by the leader of term %d", cur.GetTerm())
+			add(other, "saga taken over by the leader of term %d", cur.GetTerm())
 		}
 		if !completed && dataLoss(prev) != dataLoss(cur) {
-			add(now, "%s", dataLossChange(cur))
+			add(other, "%s", dataLossChange(cur))
 		}
 	}
 	notes := cur.GetNotes()
@@ -387,7 +390,7 @@ func eventChanges(prev, cur *regentv1.FailoverEvent, now time.Time) []string {
 		notes = notes[n:]
 	}
 	for _, n := range notes {
-		add(now, "note: %s", n)
+		add(other, "note: %s", n)
 	}
 	if len(lines) == 0 && prev != nil {
 		add(now, "updated (step %s)", stepName(cur.GetStep()))
@@ -444,5 +447,5 @@ func dataLossChange(e *regentv1.FailoverEvent) string {
 	case e.GetDataLossExact():
 		return "data loss measured: " + dataLoss(e) + " (exact)"
 	}
-	return "data loss estimated: " + dataLoss(e)
+	return "data loss estimated: ~" + lossBytes(e.GetDataLossBytes())
 }

@@ -30,7 +30,7 @@ func failoverFlags(fs *flag.FlagSet) *failoverOpts {
 	fs.StringVar(&o.to, "to", "", "promote this `node` (default: the candidate an automatic failover would pick)")
 	fs.BoolVar(&o.force, "force", false,
 		"skip the lag gate (max_lag_on_failover, failover_lag_threshold); never skips the fence")
-	fs.StringVar(&o.reason, "reason", "", "why, recorded as the event's trigger reason (`text`)")
+	fs.StringVar(&o.reason, "reason", "", "why: `text` recorded as the event's trigger reason")
 	return o
 }
 
@@ -45,7 +45,7 @@ func pauseFlags(fs *flag.FlagSet, withReason bool) *pauseOpts {
 	o := &pauseOpts{}
 	if withReason {
 		fs.StringVar(&o.cluster, "cluster", "", "pause automatic failover of this `cluster` (required)")
-		fs.StringVar(&o.reason, "reason", "", "why, shown by regent status until resumed (`text`)")
+		fs.StringVar(&o.reason, "reason", "", "why: `text` shown by regent status until resumed")
 	} else {
 		fs.StringVar(&o.cluster, "cluster", "", "resume automatic failover of this `cluster` (required)")
 	}
