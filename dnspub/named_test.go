@@ -270,6 +270,15 @@ func TestPublishZoneNotServed(t *testing.T) {
 	t.Logf("zone not served: %v", err)
 }
 
+func TestPublishRefused(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.Options{ReadOnly: true})
+	err := dnspub.Publish(ctxFor(t), update(srv, "192.0.2.10", "", dnspub.Token(1, 1)))
+	if !errors.Is(err, dnspub.ErrRefused) || !strings.Contains(err.Error(), "allow-update") {
+		t.Fatalf("Publish to a zone that allows no update: %v; want ErrRefused naming allow-update", err)
+	}
+	wantState(t, srv, nil, "")
+}
+
 func TestPublishOtherAlgorithms(t *testing.T) {
 	for _, alg := range []string{"hmac-sha512", "hmac-sha1"} {
 		t.Run(alg, func(t *testing.T) {

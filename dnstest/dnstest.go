@@ -7,7 +7,8 @@
 // temporary directory. Debian ships an AppArmor profile for /usr/sbin/named that only lets it read
 // /etc/bind and write /var/cache/bind, /var/lib/bind and a few more; where that profile is loaded
 // in enforce mode, Start puts its files under /var/cache/bind instead of the test's temporary
-// directory. See DESIGN.md in this folder.
+// directory. On this project's machines (containers) AppArmor is not enabled in the kernel, so the
+// test's own temporary directory is used.
 package dnstest
 
 import (
@@ -54,6 +55,8 @@ type Options struct {
 	Algorithm string
 	// Records are extra zone-file lines (names relative to the zone), e.g. "db 60 IN A 192.0.2.1".
 	Records []string
+	// ReadOnly makes the zone refuse every update (allow-update { none; }), for testing refusals.
+	ReadOnly bool
 }
 
 // Server is a running named serving one zone on 127.0.0.1.
@@ -117,19 +120,36 @@ func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	named := RequireNamed(t)
 	if named == "" {
-		return nil // reached only with a testing.TB whose Skipf/Fatalf return
+		return nil // reached only with a testing.TB whose Skipf and Fatalf return
 	}
-	opts, err := opts.withDefaults()
+	s, err := start(t, named, opts)
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
+		return nil
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("--- named's log (%s, %s):\n%s", s.addr, s.dir, tail(s.Log(), 16000))
+		}
+	})
+	return s
+}
+
+// start writes named's files into a new directory and runs it, on another port when the first
+// one was taken meanwhile.
+func start(t testing.TB, named string, opts Options) (*Server, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	dir, err := workDir(t)
 	if err != nil {
-		t.Fatalf("dnstest: %v", err)
+		return nil, err
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
-		t.Fatalf("dnstest: generating a TSIG secret: %v", err)
+		return nil, fmt.Errorf("generating a TSIG secret: %w", err)
 	}
 	key := dnspub.Key{Name: opts.KeyName, Algorithm: opts.Algorithm, Secret: base64.StdEncoding.EncodeToString(secret)}
 
@@ -139,21 +159,15 @@ func Start(t testing.TB, opts Options) *Server {
 	for attempt := 0; attempt < 3; attempt++ {
 		port, err := freeport.Get()
 		if err != nil {
-			t.Fatalf("dnstest: %v", err)
+			return nil, err
 		}
 		s := &Server{zone: opts.Zone, key: key, addr: net.JoinHostPort("127.0.0.1", fmt.Sprint(port)), dir: dir}
 		if err := s.writeFiles(opts, port); err != nil {
-			t.Fatalf("dnstest: %v", err)
+			return nil, err
 		}
 		err = s.start(named)
 		if err == nil {
-			t.Cleanup(func() {
-				s.Stop()
-				if t.Failed() {
-					t.Logf("--- named's log (%s, %s):\n%s", s.addr, s.dir, tail(s.Log(), 16000))
-				}
-			})
-			return s
+			return s, nil
 		}
 		s.Stop()
 		lastErr = fmt.Errorf("%w\n--- named's log:\n%s", err, tail(s.Log(), 16000))
@@ -161,8 +175,7 @@ func Start(t testing.TB, opts Options) *Server {
 			break
 		}
 	}
-	t.Fatalf("dnstest: %v", lastErr)
-	return nil
+	return nil, lastErr
 }
 
 // withDefaults fills in the defaults and checks the options.
@@ -170,7 +183,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Zone == "" {
 		o.Zone = "example.test."
 	}
-	if _, ok := dns.IsDomainName(o.Zone); !ok || o.Zone == "." {
+	if _, ok := dns.IsDomainName(o.Zone); !ok || o.Zone == "." || strings.ContainsAny(o.Zone, "\"\\ ;{}") {
 		return o, fmt.Errorf("zone %q is not a domain name below the root", o.Zone)
 	}
 	o.Zone = dns.CanonicalName(o.Zone)
@@ -229,6 +242,10 @@ func profilesEnforceNamed(profiles string) bool {
 // writeFiles writes named.conf and the zone file for a server listening on port.
 func (s *Server) writeFiles(o Options, port int) error {
 	zoneName := strings.TrimSuffix(o.Zone, ".")
+	allow := fmt.Sprintf("key %q;", o.KeyName)
+	if o.ReadOnly {
+		allow = "none;"
+	}
 	conf := fmt.Sprintf(`// Written by regent's dnstest for one test; removed when it ends.
 options {
 	directory %[1]q;
@@ -249,9 +266,9 @@ key %[3]q {
 zone %[6]q {
 	type primary;
 	file "zone.db";
-	allow-update { key %[3]q; };
+	allow-update { %[7]s };
 };
-`, s.dir, port, o.KeyName, o.Algorithm, s.key.Secret, zoneName)
+`, s.dir, port, o.KeyName, o.Algorithm, s.key.Secret, zoneName, allow)
 	zone := fmt.Sprintf(`$ORIGIN %[1]s
 $TTL 60
 @	IN SOA	ns.%[1]s hostmaster.%[1]s 1 3600 600 86400 60
@@ -297,6 +314,9 @@ func (s *Server) start(named string) error {
 	for {
 		if lastErr = s.answersSOA(); lastErr == nil {
 			return nil
+		}
+		if log := s.log.String(); strings.Contains(log, "not loaded due to errors") {
+			return fmt.Errorf("named could not load zone %s: see its log below, and the zone file %s", s.zone, filepath.Join(s.dir, "zone.db"))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("named did not answer an SOA query for %s at %s within %v: %v", s.zone, s.addr, startTimeout, lastErr)
