@@ -388,4 +388,3 @@ func TestLookupRejectsBadInput(t *testing.T) {
 		t.Errorf("Publish with a cancelled context: %v", err)
 	}
 }
-
