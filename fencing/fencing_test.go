@@ -202,6 +202,7 @@ func TestSQLFenceOnRealServers(t *testing.T) {
 		if dctx.Err() != nil {
 			t.Errorf("FenceSQL on a refusing server took until the deadline: %v", err)
 		}
+		t.Logf("error: %v", err)
 		msg := err.Error()
 		if !strings.Contains(msg, "primary") || !strings.Contains(msg, "fence it another way") {
 			t.Errorf("error does not name the node or say what to do: %q", msg)
@@ -235,6 +236,7 @@ func TestSQLFenceOnRealServers(t *testing.T) {
 			t.Errorf("command attempt %+v", a)
 		}
 		for _, a := range out.Attempts {
+			t.Logf("attempt %s: %s", a.Method, a.Err)
 			if a.Err == "" || strings.Contains(a.Err, b.Password()) {
 				t.Errorf("attempt %+v: want an error without the password", a)
 			}
