@@ -236,14 +236,14 @@ func eventUpdates(ev *regentv1.WatchEvent, cluster string, known map[uint64]*reg
 			id, _ = strconv.ParseUint(ev.GetKey(), 10, 64)
 		}
 		prev, seen := known[id]
-		if ev.GetDeleted() || e == nil {
+		if ev.GetDeleted() {
 			if seen {
 				delete(known, id)
 				out = append(out, eventUpdate{index: ev.GetIndex(), id: id, prev: prev, deleted: true})
 			}
 			return out
 		}
-		if !match(e) || (seen && proto.Equal(prev, e)) {
+		if e == nil || !match(e) || (seen && proto.Equal(prev, e)) {
 			return out
 		}
 		known[id] = e

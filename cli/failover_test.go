@@ -555,3 +555,24 @@ func TestEventDetails(t *testing.T) {
 		}
 	}
 }
+
+func TestEventUpdatesIgnoresOthers(t *testing.T) {
+	e7 := &regentv1.FailoverEvent{Id: 7, Cluster: "orders", Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED}
+	known := map[uint64]*regentv1.FailoverEvent{7: e7}
+	for _, ev := range []*regentv1.WatchEvent{
+		{Index: 2, Kind: "failover_event", Key: "7"},                                                           // no payload: not a deletion
+		{Index: 3, Kind: "failover_event", Key: "9", Deleted: true},                                            // never seen
+		{Index: 4, Kind: "failover_event", Key: "7", FailoverEvent: proto.Clone(e7).(*regentv1.FailoverEvent)}, // unchanged
+		{Index: 5, Kind: "failover_event", Key: "10", FailoverEvent: &regentv1.FailoverEvent{Id: 10, Cluster: "billing"}},
+		{Index: 6, Kind: "channel", Key: "1", Channel: &regentv1.ReplicationChannel{Id: 1, Cluster: "orders"}},
+		{Index: 7, Kind: "snapshot", State: &regentv1.State{FailoverEvents: []*regentv1.FailoverEvent{
+			e7, {Id: 11, Cluster: "billing"}}}},
+	} {
+		if got := eventUpdates(ev, "orders", known); len(got) != 0 {
+			t.Errorf("index %d: updates %v, want none", ev.GetIndex(), got)
+		}
+	}
+	if len(known) != 1 || known[7] == nil {
+		t.Errorf("known = %v, want event 7 only", known)
+	}
+}
