@@ -5,8 +5,11 @@
 // The command runs in its own process group. When the timeout passes or the context ends, the
 // whole group is killed with SIGKILL, so a hung command's children die with it. When the shell
 // exits, whatever it left running in its group is killed too: a hook is finished when its shell
-// exits, and nothing it started outlives it (a command that must start a lasting process has to
-// detach it with setsid, and then regent no longer answers for it).
+// exits, and nothing it started outlives it.
+//
+// Limits: a process that leaves the group (setsid, setpgid, as `timeout` or a daemonising
+// program does) is not killed; Run stops reading its output a moment after the group is gone. A
+// child that changed user (sudo) cannot be killed unless regent runs as root.
 package hook
 
 import (
@@ -95,6 +98,9 @@ func Run(ctx context.Context, cmd Command) Result {
 func run(ctx context.Context, cmd Command) Result {
 	notStarted := func(format string, args ...any) Result {
 		return Result{ExitCode: -1, Err: fmt.Errorf("%w: "+format, append([]any{ErrNotStarted}, args...)...)}
+	}
+	if err := ctx.Err(); err != nil {
+		return notStarted("its context had already ended: %w", err)
 	}
 	if strings.TrimSpace(cmd.Shell) == "" {
 		return notStarted("the command line is empty; set the command in the cluster's policy or leave the hook unset")

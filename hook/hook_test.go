@@ -95,6 +95,11 @@ func TestDir(t *testing.T) {
 }
 
 func TestNotStarted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r := Run(ctx, Command{Shell: "true"}); !errors.Is(r.Err, ErrNotStarted) || !errors.Is(r.Err, context.Canceled) {
+		t.Errorf("cancelled context: %+v", r)
+	}
 	for name, cmd := range map[string]Command{
 		"empty":       {Shell: "  "},
 		"missing dir": {Shell: "true", Dir: "/nonexistent/regent/dir"},

@@ -36,9 +36,9 @@ func isSpace(c byte) bool {
 // ParseConninfo parses a keyword/value connection string as libpq does: whitespace-separated
 // `keyword = value` pairs (spaces around '=' allowed); a value is either single-quoted, where a
 // backslash escapes the next character (\' and \\), or unquoted up to the next whitespace, where
-// a backslash also escapes the next character. An empty value must be written ”. Keywords are
-// not checked against libpq's list. URIs (postgresql://...) are refused: only keyword/value
-// strings are rewritten.
+// a backslash also escapes the next character. An empty value must be a pair of single quotes.
+// Keywords are not checked against libpq's list. URIs (postgresql://...) are refused: only
+// keyword/value strings are rewritten.
 func ParseConninfo(s string) (Conninfo, error) {
 	if strings.HasPrefix(s, "postgresql://") || strings.HasPrefix(s, "postgres://") {
 		return Conninfo{}, fmt.Errorf("%w: a URI (postgresql://...) is not supported; write the connection string as keyword=value pairs", ErrConninfoSyntax)
