@@ -270,6 +270,21 @@ func TestPublishZoneNotServed(t *testing.T) {
 	t.Logf("zone not served: %v", err)
 }
 
+func TestPublishCNAMEReplacesOtherData(t *testing.T) {
+	// A server ignores a CNAME added beside other data and still answers NOERROR; Publish must
+	// not leave the name pointing nowhere.
+	srv := dnstest.Start(t, dnstest.Options{Records: []string{`db IN TXT "left by an operator"`, "db IN A 192.0.2.5"}})
+	if err := dnspub.Publish(ctxFor(t), update(srv, "pg-2.example.net.", "", dnspub.Token(1, 1))); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	wantState(t, srv, []string{"pg-2.example.net."}, dnspub.Token(1, 1))
+	for _, rr := range srv.Query(t, "db", dns.TypeTXT) {
+		if rr.Header().Rrtype != dns.TypeCNAME {
+			t.Fatalf("TXT query at the CNAME's name answered %v; want only the CNAME", rr)
+		}
+	}
+}
+
 func TestPublishRefused(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{ReadOnly: true})
 	err := dnspub.Publish(ctxFor(t), update(srv, "192.0.2.10", "", dnspub.Token(1, 1)))

@@ -55,7 +55,8 @@ type Update struct {
 	// TTL is the new record's TTL (and the token record's) in seconds.
 	TTL uint32
 	// Target is the primary: an IPv4 address (published as A), an IPv6 address (AAAA) or a
-	// host name (CNAME).
+	// host name (CNAME; publishing one removes any other records at Record, since a CNAME
+	// must stand alone).
 	Target string
 	// PrevToken is the token of the last successful publish (the cluster's dns_token), or ""
 	// when nothing was published yet, in which case no token record may exist.
@@ -80,7 +81,8 @@ func TokenName(record string) string {
 // Publish points u.Record at u.Target with one dynamic update message, which the server applies
 // atomically or not at all. The update carries a prerequisite on the token record: its TXT value
 // must be u.PrevToken (or, when u.PrevToken is "", it must not exist). It deletes the record's
-// A, AAAA and CNAME RRsets, adds the new one with u.TTL, and replaces the token with u.NewToken.
+// A, AAAA and CNAME RRsets (every RRset at the name when the target is a CNAME, which must stand
+// alone), adds the new one with u.TTL, and replaces the token with u.NewToken.
 // It is signed with u.Key and sent over TCP; ctx bounds the whole exchange.
 //
 // Publish is idempotent: when the prerequisite fails because the token already is u.NewToken and
@@ -168,12 +170,19 @@ func buildUpdate(u Update, now time.Time) (*dns.Msg, error) {
 	} else {
 		m.RRsetNotUsed([]dns.RR{&dns.ANY{Hdr: dns.RR_Header{Name: tokenName, Rrtype: dns.TypeTXT}}})
 	}
-	// Move the record: delete whatever address or alias it had, then add the new one.
-	m.RemoveRRset([]dns.RR{
-		&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeA}},
-		&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeAAAA}},
-		&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeCNAME}},
-	})
+	// Move the record: delete whatever address or alias it had, then add the new one. A CNAME
+	// must stand alone at its name, and a server ignores (with success) a CNAME added beside other
+	// data, which would leave the name pointing nowhere; so for a CNAME every RRset at the name
+	// goes (the zone apex, where that would touch SOA and NS, cannot be a CNAME: checked above).
+	if rec.Header().Rrtype == dns.TypeCNAME {
+		m.RemoveName([]dns.RR{&dns.ANY{Hdr: dns.RR_Header{Name: record}}})
+	} else {
+		m.RemoveRRset([]dns.RR{
+			&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeA}},
+			&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeAAAA}},
+			&dns.ANY{Hdr: dns.RR_Header{Name: record, Rrtype: dns.TypeCNAME}},
+		})
+	}
 	m.Insert([]dns.RR{rec})
 	// Replace the token.
 	m.RemoveRRset([]dns.RR{&dns.ANY{Hdr: dns.RR_Header{Name: tokenName, Rrtype: dns.TypeTXT}}})

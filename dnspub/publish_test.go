@@ -76,6 +76,7 @@ func TestBuildUpdate(t *testing.T) {
 		name       string
 		edit       func(*Update)
 		wantPrereq []string
+		wantDelete []string // nil: the A, AAAA and CNAME RRsets
 		wantAdd    string
 	}{
 		{
@@ -100,6 +101,7 @@ func TestBuildUpdate(t *testing.T) {
 			name:       "host name becomes a fully qualified CNAME",
 			edit:       func(u *Update) { u.Target = "pg-2.example.net" },
 			wantPrereq: []string{`_regent-token.db.example.test. 0 IN TXT ["regent term=1 event=1"]`},
+			wantDelete: []string{"db.example.test. 0 ANY ANY"},
 			wantAdd:    "db.example.test. 30 IN CNAME pg-2.example.net.",
 		},
 		{
@@ -133,9 +135,12 @@ func TestBuildUpdate(t *testing.T) {
 				t.Errorf("prerequisites:\n got %q\nwant %q", got, tc.wantPrereq)
 			}
 			record := dns.Fqdn(u.Record)
-			wantDeletes := make([]string, len(deletes))
-			for i, d := range deletes {
-				wantDeletes[i] = strings.Replace(d, "db.example.test.", record, 1)
+			wantDeletes := tc.wantDelete
+			if wantDeletes == nil {
+				wantDeletes = make([]string, len(deletes))
+				for i, d := range deletes {
+					wantDeletes[i] = strings.Replace(d, "db.example.test.", record, 1)
+				}
 			}
 			wantTok := make([]string, len(tokenUpdate))
 			for i, d := range tokenUpdate {
