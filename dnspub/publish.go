@@ -4,7 +4,8 @@
 //
 // The token is a TXT record at TokenName(record) holding Token(term, event) of the last publish.
 // Each Publish names the token it expects (the cluster's dns_token) and, in the same atomic
-// update, moves the record and writes the new token. See DESIGN.md, flow 3 and invariant 2.
+// update, moves the record and writes the new token. See the repository's DESIGN.md (flow 3,
+// invariant 2) and this package's DESIGN.md.
 package dnspub
 
 import (
@@ -25,7 +26,8 @@ var (
 	// hold the token this update expected, so a newer leader has published since. Nothing changed.
 	ErrStaleToken = errors.New("dnspub: the DNS name was updated by a newer leader")
 	// ErrAuth means the server did not accept the TSIG signature or key (NOTAUTH, BADSIG, BADKEY,
-	// BADTIME), or its answer was not signed correctly. Nothing changed.
+	// BADTIME), or its answer was not signed correctly. Nothing changed, except when a NOERROR
+	// answer's own signature failed to verify: the error then says the update may have applied.
 	ErrAuth = errors.New("dnspub: the DNS server did not accept the TSIG key")
 	// ErrRefused means the server refused the update (REFUSED): its policy does not let this key
 	// update this zone. Nothing changed.
