@@ -189,10 +189,12 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// hangingChild starts a sleep that outlives nothing: the tests' timeouts (1s) leave room for a
+// loaded machine to start it and write its pid before the kill.
 const hangingChild = `sleep 60 & echo $! > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE"; wait`
 
 func TestTimeoutKillsProcessGroup(t *testing.T) {
-	pid, done := startedChild(t, context.Background(), Command{Shell: hangingChild, Timeout: 300 * time.Millisecond})
+	pid, done := startedChild(t, context.Background(), Command{Shell: hangingChild, Timeout: time.Second})
 	var r Result
 	select {
 	case r = <-done:
@@ -206,7 +208,7 @@ func TestTimeoutKillsProcessGroup(t *testing.T) {
 }
 
 func TestParentDeadline(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	pid, done := startedChild(t, ctx, Command{Shell: hangingChild, Timeout: time.Hour})
 	r := <-done

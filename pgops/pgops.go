@@ -458,11 +458,11 @@ func ipsMatch(a, b []net.IP) bool {
 	return allLoopback(a) && allLoopback(b)
 }
 
-// DataLossBytes is the WAL the old primary had written beyond what the promoted candidate had
-// received: the bytes of acknowledged-or-not transactions that are lost by the failover. It is
-// an estimate while oldPrimaryLSN is the old primary's last position seen by the witnesses, and
-// exact once it is the old primary's real end of WAL (read after it rejoins). It is 0 when the
-// candidate had everything (candidateReceivedLSN >= oldPrimaryLSN), and at most math.MaxInt64.
+// DataLossBytes is how many bytes of WAL the old primary had written beyond what the promoted
+// candidate had received: the size of the writes a failover loses. It is an estimate while
+// oldPrimaryLSN is the old primary's last position seen by the witnesses, and exact once it is
+// the old primary's real end of WAL (read after it rejoins). It is 0 when the candidate had
+// everything (candidateReceivedLSN >= oldPrimaryLSN), never negative, and at most math.MaxInt64.
 func DataLossBytes(oldPrimaryLSN, candidateReceivedLSN uint64) int64 {
 	if candidateReceivedLSN >= oldPrimaryLSN {
 		return 0
