@@ -189,8 +189,8 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// hangingChild starts a sleep that outlives nothing: the tests' timeouts (1s) leave room for a
-// loaded machine to start it and write its pid before the kill.
+// hangingChild starts `sleep 60`, writes its pid to $PIDFILE and waits for it. The tests'
+// timeouts (1s) leave a loaded machine room to get that far before the kill.
 const hangingChild = `sleep 60 & echo $! > "$PIDFILE.tmp"; mv "$PIDFILE.tmp" "$PIDFILE"; wait`
 
 func TestTimeoutKillsProcessGroup(t *testing.T) {
