@@ -55,6 +55,22 @@ var handlers = map[regentv1.CommandType]handler{
 		newPayload: func() proto.Message { return &regentv1.UpdateChannelsCommand{} },
 		apply:      func(tx *txn, p proto.Message) error { return updateChannels(tx, p.(*regentv1.UpdateChannelsCommand)) },
 	},
+	regentv1.CommandType_COMMAND_TYPE_SET_PAUSED: {
+		newPayload: func() proto.Message { return &regentv1.SetPausedCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return setPaused(tx, p.(*regentv1.SetPausedCommand)) },
+	},
+	regentv1.CommandType_COMMAND_TYPE_RECORD_REFUSAL: {
+		newPayload: func() proto.Message { return &regentv1.RecordRefusalCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return recordRefusal(tx, p.(*regentv1.RecordRefusalCommand)) },
+	},
+	regentv1.CommandType_COMMAND_TYPE_START_FAILOVER: {
+		newPayload: func() proto.Message { return &regentv1.StartFailoverCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return startFailover(tx, p.(*regentv1.StartFailoverCommand)) },
+	},
+	regentv1.CommandType_COMMAND_TYPE_ADVANCE_FAILOVER: {
+		newPayload: func() proto.Message { return &regentv1.AdvanceFailoverCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return advanceFailover(tx, p.(*regentv1.AdvanceFailoverCommand)) },
+	},
 }
 
 var deterministic = proto.MarshalOptions{Deterministic: true}

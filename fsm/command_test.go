@@ -28,6 +28,12 @@ func sampleEntries() []entry {
 			Channels: []*regentv1.ReplicationChannel{{Cluster: "orders", PrimaryRegion: "r0", SecondaryRegion: "r1", ApplyLsn: 10, PrimaryLsn: 20, LagBytes: 10}},
 			Clusters: []string{"orders"},
 		}),
+		pauseCmd("orders", true, "maintenance"),
+		refusalCmd("orders", "paused: maintenance"),
+		startCmd(&regentv1.StartFailoverCommand{Cluster: "orders", FromNode: "n1", ToNode: "n2", TriggerReason: "primary down", Term: 3,
+			OldPrimaryLsn: 100, EstimatedLossBytes: 10}),
+		advanceCmd(&regentv1.AdvanceFailoverCommand{EventId: 1, Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED, Term: 3, FenceMethod: "sql",
+			DataLossBytes: proto.Int64(10), Note: "fenced over sql"}),
 	}
 }
 
@@ -138,6 +144,8 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add(mustEncode(f, applyCmd(&regentv1.ClusterSpec{})))
 	f.Add(mustEncode(f, upsertCmd(&regentv1.Member{})))
+	f.Add(mustEncode(f, startCmd(&regentv1.StartFailoverCommand{})))
+	f.Add(mustEncode(f, advanceCmd(&regentv1.AdvanceFailoverCommand{EventId: 1, Step: 99})))
 	f.Add([]byte{})
 	f.Add([]byte{0x08, 0x01, 0x12, 0x00})
 	f.Fuzz(func(t *testing.T, data []byte) {

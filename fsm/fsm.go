@@ -25,13 +25,15 @@ import (
 // Sentinel errors returned in Result.Err by rejected commands. A rejected command changes
 // nothing. Validation failures wrap spec.ErrInvalid (and carry *spec.FieldError values).
 var (
-	// ErrNotFound: the command names a cluster or member that does not exist.
+	// ErrNotFound: the command names a cluster, member or failover event that does not
+	// exist.
 	ErrNotFound = errors.New("not found")
 	// ErrRemoved: the witness id was removed by an operator and is not re-added
 	// automatically.
 	ErrRemoved = errors.New("member was removed by an operator")
 	// ErrConflict: the command is well formed but conflicts with the current state (for
-	// example a spec that drops the node that is currently primary).
+	// example a spec that drops the node that is currently primary, a second failover of a
+	// cluster while one runs, or a saga step from a stale leader's term).
 	ErrConflict = errors.New("conflicts with the current state")
 )
 
@@ -54,8 +56,12 @@ type Result struct {
 	Created bool
 	// Warnings are things the operator should know about an applied command.
 	Warnings []string
-	// Cluster is a copy of the cluster after an APPLY_CLUSTER command.
+	// Cluster is a copy of the cluster after an APPLY_CLUSTER or SET_PAUSED command.
 	Cluster *regentv1.Cluster
+	// Event is a copy of the failover event after a START_FAILOVER command (the new event,
+	// with its id) or an ADVANCE_FAILOVER command (also when the command repeated the
+	// current step and changed nothing).
+	Event *regentv1.FailoverEvent
 }
 
 // FSM is the replicated state machine. Create it with New. It implements raft.FSM; its read

@@ -52,6 +52,14 @@ func applyCluster(tx *txn, cmd *regentv1.ApplyClusterCommand) error {
 		return fmt.Errorf("cluster %q: the spec drops node %q, which is the current primary: %w; switch over to another node first, then remove it",
 			c.GetName(), c.GetPrimary(), ErrConflict)
 	}
+	if ev := openEvent(s, c.GetName()); ev != nil {
+		for _, n := range []string{ev.GetFromNode(), ev.GetToNode()} {
+			if !slices.ContainsFunc(sp.GetNodes(), func(ns *regentv1.NodeSpec) bool { return ns.GetName() == n }) {
+				return fmt.Errorf("cluster %q: the spec drops node %q, which takes part in failover %d (at step %s): %w; apply it again once the failover has completed or aborted",
+					c.GetName(), n, ev.GetId(), StepName(ev.GetStep()), ErrConflict)
+			}
+		}
+	}
 	if sp.GetPrimary() != c.GetPrimary() {
 		tx.res.Warnings = append(tx.res.Warnings, fmt.Sprintf(
 			"primary stays %s (set by failover or switchover); the spec's primary (%s) is only used when a cluster is created",
@@ -91,7 +99,8 @@ func nodeStatus(old []*regentv1.NodeStatus, nodes []*regentv1.NodeSpec) []*regen
 }
 
 // deleteCluster removes a cluster and its replication channels. Failover events stay: they
-// are history.
+// are history. A cluster whose failover still runs cannot be deleted: after promotion the
+// saga can only finish, and it needs the cluster to do so.
 func deleteCluster(tx *txn, cmd *regentv1.DeleteClusterCommand) error {
 	s := tx.state
 	i, found := findCluster(s, cmd.GetName())
@@ -99,6 +108,10 @@ func deleteCluster(tx *txn, cmd *regentv1.DeleteClusterCommand) error {
 		return fmt.Errorf("cluster %q: %w; list clusters with `regent status`", cmd.GetName(), ErrNotFound)
 	}
 	c := s.Clusters[i]
+	if ev := openEvent(s, c.GetName()); ev != nil {
+		return fmt.Errorf("cluster %q: failover %d is still at step %s: %w; delete the cluster once it has completed or aborted",
+			c.GetName(), ev.GetId(), StepName(ev.GetStep()), ErrConflict)
+	}
 	s.Clusters = slices.Delete(s.Clusters, i, i+1)
 	tx.emit(&regentv1.WatchEvent{Kind: KindCluster, Key: c.GetName(), Deleted: true, Cluster: c})
 

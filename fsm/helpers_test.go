@@ -199,10 +199,23 @@ func genLog(r *rand.Rand, n int) []entry {
 	ids := []string{"id-1", "id-2", "id-3", "id-4", "id-5", "id-6"}
 	at := t0
 	var out []entry
+	sagas := &sagaModel{oracle: New(), term: 1}
 	for range n {
 		at = at.Add(time.Duration(r.IntN(5000)) * time.Millisecond)
 		var e entry
-		switch k := r.IntN(13); {
+		switch k := r.IntN(18); {
+		case k >= 16:
+			e = sagas.advance(r)
+		case k == 15:
+			e = sagas.start(r, clusters, nodes)
+		case k == 14:
+			e = refusalCmd(clusters[r.IntN(len(clusters))], []string{"", "paused: x", "no candidate: n2: unreachable", "cooldown until then"}[r.IntN(4)])
+		case k == 13:
+			c := clusters[r.IntN(len(clusters))]
+			if r.IntN(30) == 0 {
+				c = ""
+			}
+			e = pauseCmd(c, r.IntN(2) == 0, []string{"", "maintenance", "upgrade"}[r.IntN(3)])
 		case k < 4:
 			var ns []string
 			for _, nn := range nodes {
@@ -247,8 +260,85 @@ func genLog(r *rand.Rand, n int) []entry {
 		e.at = at
 		e.actor = []string{"alice", "bob", "regent/w2"}[r.IntN(3)]
 		out = append(out, e)
+		data, err := Encode(e.typ, e.payload, e.at, e.actor)
+		if err != nil {
+			panic(err)
+		}
+		sagas.oracle.Apply(&raft.Log{Index: uint64(len(out)), Type: raft.LogCommand, Data: data})
 	}
 	return out
+}
+
+// sagaModel generates failover commands against an oracle FSM that has applied the log so
+// far, so most of them are plausible (the cluster's real primary, the next step of an open
+// saga) and apply, while some are not and are refused.
+type sagaModel struct {
+	oracle *FSM
+	term   uint64
+}
+
+func (m *sagaModel) start(r *rand.Rand, clusters, nodes []string) entry {
+	c := &regentv1.StartFailoverCommand{Cluster: clusters[r.IntN(len(clusters))], FromNode: nodes[r.IntN(len(nodes))],
+		ToNode: nodes[r.IntN(len(nodes))], TriggerReason: "primary unreachable", Term: m.term, Manual: r.IntN(3) == 0,
+		Force: r.IntN(5) == 0, OldPrimaryLsn: uint64(r.IntN(8)) << 20, EstimatedLossBytes: int64(r.IntN(3)) << 10}
+	if cs := m.oracle.Clusters(); len(cs) > 0 && r.IntN(5) > 0 {
+		cl := cs[r.IntN(len(cs))]
+		c.Cluster, c.FromNode, c.ToNode = cl.GetName(), cl.GetPrimary(), cl.GetNodes()[r.IntN(len(cl.GetNodes()))].GetName()
+	}
+	if r.IntN(30) == 0 {
+		c.EstimatedLossBytes = -1
+	}
+	if r.IntN(30) == 0 {
+		c.Term = 0
+	}
+	return startCmd(c)
+}
+
+func (m *sagaModel) advance(r *rand.Rand) entry {
+	st, _ := m.oracle.State()
+	c := &regentv1.AdvanceFailoverCommand{EventId: uint64(r.IntN(int(st.GetNextEventId())+2)) + 1, Term: m.term,
+		Step: regentv1.FailoverStep(r.IntN(9))}
+	var open []*regentv1.FailoverEvent
+	for _, ev := range st.GetFailoverEvents() {
+		if isOpen(ev) {
+			open = append(open, ev)
+		}
+	}
+	if len(open) > 0 && r.IntN(6) > 0 {
+		ev := open[r.IntN(len(open))]
+		c.EventId = ev.GetId()
+		cur := ev.GetStep()
+		switch k := r.IntN(8); {
+		case k < 6:
+			c.Step = nextStep[cur]
+		case k < 7 && (cur == regentv1.FailoverStep_FAILOVER_STEP_DECIDED || cur == regentv1.FailoverStep_FAILOVER_STEP_FENCED):
+			c.Step = regentv1.FailoverStep_FAILOVER_STEP_ABORTED
+		}
+	}
+	switch r.IntN(10) {
+	case 0:
+		c.Term = m.term - 1 // a stale leader
+	case 1:
+		m.term++ // a new leader takes over
+		c.Term = m.term
+	}
+	if r.IntN(10) > 0 {
+		c.FenceMethod = []string{"sql", "command", "lease_wait"}[r.IntN(3)]
+		c.AbortReason = "given up"
+	}
+	if r.IntN(3) == 0 {
+		c.Note = fmt.Sprintf("note %d", r.IntN(100))
+	}
+	if r.IntN(4) == 0 {
+		c.DataLossBytes = proto.Int64(int64(r.IntN(5000)) - 100)
+		c.DataLossExact = r.IntN(2) == 0
+	}
+	c.PromotedLsn, c.PromotedTimeline = uint64(r.IntN(8))<<20, uint32(r.IntN(3)+1)
+	c.Published = r.IntN(2) == 0
+	if !c.Published {
+		c.PublishError = "timeout"
+	}
+	return advanceCmd(c)
 }
 
 // genObservations generates a RECORD_OBSERVATIONS command: votes and node facts for names
@@ -323,6 +413,7 @@ func genState(r *rand.Rand) *regentv1.State {
 	for i := range r.IntN(6) {
 		name := fmt.Sprintf("c%02d", i)
 		c := &regentv1.Cluster{Name: name, Primary: "n0", Paused: r.IntN(2) == 0, SpecVersion: r.Uint64N(9) + 1,
+			PauseReason: []string{"", "maintenance"}[r.IntN(2)], DnsToken: []string{"", DNSToken(r.Uint64N(9), r.Uint64N(9))}[r.IntN(2)],
 			CreatedAt: ts(), UpdatedAt: ts(), Policy: &regentv1.Policy{ProbeIntervalMs: r.Int64N(1000), MaxLagOnFailoverBytes: r.Int64()}}
 		for j := range r.IntN(4) + 1 {
 			n := fmt.Sprintf("n%d", j)
@@ -339,6 +430,9 @@ func genState(r *rand.Rand) *regentv1.State {
 		}
 		if r.IntN(2) == 0 {
 			c.Dns = &regentv1.DnsSpec{Server: "s:53", Zone: "z.", Record: "r.z.", Ttl: r.Uint32(), TsigKey: "k"}
+		}
+		if r.IntN(2) == 0 {
+			c.Refusal, c.RefusalAt = "no candidate", ts()
 		}
 		s.Clusters = append(s.Clusters, c)
 	}
@@ -362,7 +456,9 @@ func genState(r *rand.Rand) *regentv1.State {
 		id += r.Uint64N(3) + 1
 		e := &regentv1.FailoverEvent{Id: id, Cluster: "c01", FromRegion: "a", ToRegion: "b", TriggerReason: "primary down",
 			StartedAt: ts(), Step: regentv1.FailoverStep(r.IntN(8)), Term: r.Uint64(), PromotedLsn: r.Uint64(),
-			DataLossExact: r.IntN(2) == 0, Steps: []*regentv1.StepTime{{Step: regentv1.FailoverStep_FAILOVER_STEP_DECIDED, At: ts()}}}
+			DataLossExact: r.IntN(2) == 0, Steps: []*regentv1.StepTime{{Step: regentv1.FailoverStep_FAILOVER_STEP_DECIDED, At: ts()}},
+			FromNode: "n0", ToNode: "n1", FenceMethod: "sql", Manual: r.IntN(2) == 0, Force: r.IntN(2) == 0, OldPrimaryLsn: r.Uint64(),
+			Published: r.IntN(2) == 0, Notes: []string{"a", "b"}[:r.IntN(3)]}
 		if r.IntN(2) == 0 {
 			v := r.Int64N(1 << 30)
 			e.DataLossBytes = &v

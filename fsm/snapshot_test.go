@@ -26,11 +26,17 @@ func replay(t *testing.T, f *FSM, log []entry) {
 // snapshots on two FSMs, and on a third that restored a snapshot half way.
 func TestReplayIsDeterministic(t *testing.T) {
 	// The generator must exercise the observation commands, not only send them.
-	var votes, facts, channels, channelDeletes int
+	var votes, facts, channels, channelDeletes, paused, refusals, events, promoted, ended, takeovers int
 	defer func() {
 		if votes == 0 || facts == 0 || channels == 0 || channelDeletes == 0 {
 			t.Errorf("generated logs left %d votes, %d observed nodes, %d channels, %d channel deletions; want all > 0",
 				votes, facts, channels, channelDeletes)
+		}
+		t.Logf("generated: %d votes, %d observed nodes, %d channels, %d channel deletions, %d paused, %d refusals, %d failover events (%d promoted, %d ended, %d taken over)",
+			votes, facts, channels, channelDeletes, paused, refusals, events, promoted, ended, takeovers)
+		if paused == 0 || refusals == 0 || events == 0 || promoted == 0 || ended == 0 || takeovers == 0 {
+			t.Errorf("generated logs left %d paused clusters, %d refusals, %d failover events (%d promoted, %d ended, %d taken over); want all > 0",
+				paused, refusals, events, promoted, ended, takeovers)
 		}
 	}()
 	for seed := uint64(1); seed <= 20; seed++ {
@@ -52,7 +58,25 @@ func TestReplayIsDeterministic(t *testing.T) {
 		}
 		st, _ := a.State()
 		channels += len(st.Channels)
+		events += len(st.FailoverEvents)
+		for _, ev := range st.FailoverEvents {
+			if len(ev.Steps) >= 3 && ev.Steps[2].Step == regentv1.FailoverStep_FAILOVER_STEP_PROMOTED {
+				promoted++
+			}
+			if !isOpen(ev) {
+				ended++
+			}
+			if ev.Term > 1 {
+				takeovers++
+			}
+		}
 		for _, c := range st.Clusters {
+			if c.Paused {
+				paused++
+			}
+			if c.Refusal != "" {
+				refusals++
+			}
 			for _, n := range c.NodeStatus {
 				votes += len(n.Votes)
 				if n.UpdatedAt != nil {
