@@ -227,7 +227,7 @@ func startFailover(tx *txn, cmd *regentv1.StartFailoverCommand) error {
 }
 
 // advanceFailover moves a saga one step forward (or aborts it) and applies the step's
-// effects. See DESIGN.md, "Failover sagas".
+// effects. See DESIGN.md, "Pause, refusals and failover sagas".
 func advanceFailover(tx *txn, cmd *regentv1.AdvanceFailoverCommand) error {
 	if cmd.GetEventId() == 0 {
 		return &spec.FieldError{Field: "event_id", Msg: "is required"}
