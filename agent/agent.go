@@ -27,6 +27,7 @@ import (
 	"github.com/regentdb/regent/alert"
 	"github.com/regentdb/regent/api"
 	"github.com/regentdb/regent/config"
+	"github.com/regentdb/regent/coordinator"
 	"github.com/regentdb/regent/fsm"
 	"github.com/regentdb/regent/gossip"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
@@ -54,6 +55,10 @@ type Agent struct {
 	observer  *observer
 	obsMu     sync.Mutex
 	leaderObs *leaderObserve
+	// leaderFailovers is the failover work of the current leader session (nil otherwise).
+	leaderFailovers *failovers
+	world           coordinator.World
+	sagaOpts        coordinator.SagaOptions
 	beating   map[string]bool // clusters whose heartbeat write is under way
 
 	cancel   context.CancelFunc
@@ -120,7 +125,9 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	})
 	a.api = api.New(cfg.NodeName, a.store, a.gossip, logger)
 	a.api.SetReportHandler(a.onReport)
+	a.api.SetFailoverHandler(a.onFailover)
 	a.observer = newObserver(a)
+	a.world = world{a}
 	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for gRPC on %s (is the port free?): %w", cfg.GRPCAddr, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"sync"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -141,12 +142,17 @@ func (a *Agent) lead(ctx context.Context) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	observing := make(chan struct{})
+	var leading sync.WaitGroup
+	leading.Add(2)
 	go func() {
-		defer close(observing)
+		defer leading.Done()
 		a.observeAsLeader(ctx)
 	}()
-	defer func() { <-observing }()
+	go func() {
+		defer leading.Done()
+		a.failoverAsLeader(ctx)
+	}()
+	defer leading.Wait()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

@@ -44,7 +44,81 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[string]*grpc.ClientConn // leader gRPC address → connection
-	onReport func(witness string, obs []*regentv1.Observation) error
+	onReport   func(witness string, obs []*regentv1.Observation) error
+	onFailover func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)
+}
+
+// SetFailoverHandler sets how the leader starts a manual failover (see Failover).
+func (s *Server) SetFailoverHandler(h func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onFailover = h
+}
+
+// Failover starts a manual failover on the leader; a follower forwards the request.
+func (s *Server) Failover(ctx context.Context, req *regentv1.FailoverRequest) (*regentv1.FailoverResponse, error) {
+	if req.GetCluster() == "" {
+		return nil, invalid("cluster", "is required")
+	}
+	if !s.store.IsLeader() {
+		c, fctx, err := s.leaderClient(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.Failover(fctx, req)
+	}
+	s.mu.Lock()
+	h := s.onFailover
+	s.mu.Unlock()
+	if h == nil {
+		return nil, retryable(codes.Unavailable, "this leader does not take failover requests yet; retry")
+	}
+	ev, err := h(ctx, req, actor(ctx))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.FailoverResponse{Event: ev}, nil
+}
+
+// Pause stops automatic failover of a cluster.
+func (s *Server) Pause(ctx context.Context, req *regentv1.PauseRequest) (*regentv1.PauseResponse, error) {
+	c, err := s.setPaused(ctx, req.GetCluster(), true, req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	return &regentv1.PauseResponse{Cluster: c}, nil
+}
+
+// Resume re-enables automatic failover of a cluster.
+func (s *Server) Resume(ctx context.Context, req *regentv1.ResumeRequest) (*regentv1.ResumeResponse, error) {
+	c, err := s.setPaused(ctx, req.GetCluster(), false, "")
+	if err != nil {
+		return nil, err
+	}
+	return &regentv1.ResumeResponse{Cluster: c}, nil
+}
+
+func (s *Server) setPaused(ctx context.Context, cluster string, paused bool, reason string) (*regentv1.Cluster, error) {
+	if cluster == "" {
+		return nil, invalid("cluster", "is required")
+	}
+	if !s.store.IsLeader() {
+		c, fctx, err := s.leaderClient(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if paused {
+			resp, err := c.Pause(fctx, &regentv1.PauseRequest{Cluster: cluster, Reason: reason})
+			return resp.GetCluster(), err
+		}
+		resp, err := c.Resume(fctx, &regentv1.ResumeRequest{Cluster: cluster})
+		return resp.GetCluster(), err
+	}
+	if _, err := s.propose(ctx, regentv1.CommandType_COMMAND_TYPE_SET_PAUSED, &regentv1.SetPausedCommand{Cluster: cluster, Paused: paused, Reason: reason}); err != nil {
+		return nil, err
+	}
+	c, _ := s.fsm.Cluster(cluster)
+	return c, nil
 }
 
 // SetReportHandler sets what the leader does with a witness's observations (see Report).

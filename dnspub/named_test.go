@@ -16,6 +16,7 @@ import (
 
 	"github.com/regentdb/regent/dnspub"
 	"github.com/regentdb/regent/dnstest"
+	"github.com/regentdb/regent/fsm"
 )
 
 // These tests run against a real BIND named (package dnstest); they skip when it is missing and
@@ -73,7 +74,7 @@ func wantState(t *testing.T, srv *dnstest.Server, targets []string, token string
 func TestPublishMovesRecordAndToken(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
 	ctx := ctxFor(t)
-	t1, t2, t3 := dnspub.Token(1, 1), dnspub.Token(2, 2), dnspub.Token(3, 3)
+	t1, t2, t3 := fsm.DNSToken(1, 1), fsm.DNSToken(2, 2), fsm.DNSToken(3, 3)
 
 	// First publish: no token yet.
 	if err := dnspub.Publish(ctx, update(srv, "192.0.2.10", "", t1)); err != nil {
@@ -113,16 +114,16 @@ func TestPublishMovesRecordAndToken(t *testing.T) {
 	}
 
 	// And back to an IPv4 address, from the CNAME.
-	if err := dnspub.Publish(ctx, update(srv, "192.0.2.11", t3, dnspub.Token(3, 4))); err != nil {
+	if err := dnspub.Publish(ctx, update(srv, "192.0.2.11", t3, fsm.DNSToken(3, 4))); err != nil {
 		t.Fatalf("fourth Publish: %v", err)
 	}
-	wantState(t, srv, []string{"192.0.2.11"}, dnspub.Token(3, 4))
+	wantState(t, srv, []string{"192.0.2.11"}, fsm.DNSToken(3, 4))
 }
 
 func TestPublishRetryAfterLostAnswerSucceeds(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
 	ctx := ctxFor(t)
-	u := update(srv, "192.0.2.20", "", dnspub.Token(1, 1))
+	u := update(srv, "192.0.2.20", "", fsm.DNSToken(1, 1))
 	if err := dnspub.Publish(ctx, u); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
@@ -144,7 +145,7 @@ func TestPublishRetryAfterLostAnswerSucceeds(t *testing.T) {
 func TestPublishStaleTokenChangesNothing(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
 	ctx := ctxFor(t)
-	t1, t2 := dnspub.Token(1, 1), dnspub.Token(2, 5)
+	t1, t2 := fsm.DNSToken(1, 1), fsm.DNSToken(2, 5)
 	if err := dnspub.Publish(ctx, update(srv, "192.0.2.10", "", t1)); err != nil {
 		t.Fatal(err)
 	}
@@ -157,9 +158,9 @@ func TestPublishStaleTokenChangesNothing(t *testing.T) {
 		name string
 		u    dnspub.Update
 	}{
-		{"old leader with the previous token", update(srv, "192.0.2.10", t1, dnspub.Token(1, 2))},
-		{"token never published", update(srv, "2001:db8::1", dnspub.Token(9, 9), dnspub.Token(9, 10))},
-		{"first publish when a token exists", update(srv, "old-primary.example.net", "", dnspub.Token(1, 1))},
+		{"old leader with the previous token", update(srv, "192.0.2.10", t1, fsm.DNSToken(1, 2))},
+		{"token never published", update(srv, "2001:db8::1", fsm.DNSToken(9, 9), fsm.DNSToken(9, 10))},
+		{"first publish when a token exists", update(srv, "old-primary.example.net", "", fsm.DNSToken(1, 1))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := dnspub.Publish(ctx, tc.u)
@@ -183,7 +184,7 @@ func TestPublishStaleTokenChangesNothing(t *testing.T) {
 func TestPublishConcurrentLeadersOneWins(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
 	ctx := ctxFor(t)
-	t1 := dnspub.Token(1, 1)
+	t1 := fsm.DNSToken(1, 1)
 	if err := dnspub.Publish(ctx, update(srv, "192.0.2.1", "", t1)); err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +193,7 @@ func TestPublishConcurrentLeadersOneWins(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			errs[i] = dnspub.Publish(ctx, update(srv, fmt.Sprintf("192.0.2.%d", 100+i), t1, dnspub.Token(2, uint64(10+i))))
+			errs[i] = dnspub.Publish(ctx, update(srv, fmt.Sprintf("192.0.2.%d", 100+i), t1, fsm.DNSToken(2, uint64(10+i))))
 		})
 	}
 	wg.Wait()
@@ -210,13 +211,13 @@ func TestPublishConcurrentLeadersOneWins(t *testing.T) {
 	if winner < 0 {
 		t.Fatalf("no update succeeded: %v", errs)
 	}
-	wantState(t, srv, []string{fmt.Sprintf("192.0.2.%d", 100+winner)}, dnspub.Token(2, uint64(10+winner)))
+	wantState(t, srv, []string{fmt.Sprintf("192.0.2.%d", 100+winner)}, fsm.DNSToken(2, uint64(10+winner)))
 }
 
 func TestPublishBadKeyChangesNothing(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
 	ctx := ctxFor(t)
-	t1 := dnspub.Token(1, 1)
+	t1 := fsm.DNSToken(1, 1)
 	if err := dnspub.Publish(ctx, update(srv, "192.0.2.10", "", t1)); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestPublishBadKeyChangesNothing(t *testing.T) {
 		{"wrong algorithm", wrongAlg},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := update(srv, "192.0.2.66", t1, dnspub.Token(2, 2))
+			u := update(srv, "192.0.2.66", t1, fsm.DNSToken(2, 2))
 			u.Key = tc.key
 			err := dnspub.Publish(ctx, u)
 			if !errors.Is(err, dnspub.ErrAuth) {
@@ -260,7 +261,7 @@ func TestPublishBadKeyChangesNothing(t *testing.T) {
 
 func TestPublishZoneNotServed(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{})
-	u := update(srv, "192.0.2.10", "", dnspub.Token(1, 1))
+	u := update(srv, "192.0.2.10", "", fsm.DNSToken(1, 1))
 	u.Zone = "other.test."
 	u.Record = "db.other.test."
 	err := dnspub.Publish(ctxFor(t), u)
@@ -274,10 +275,10 @@ func TestPublishCNAMEReplacesOtherData(t *testing.T) {
 	// A server ignores a CNAME added beside other data and still answers NOERROR; Publish must
 	// not leave the name pointing nowhere.
 	srv := dnstest.Start(t, dnstest.Options{Records: []string{`db IN TXT "left by an operator"`, "db IN A 192.0.2.5"}})
-	if err := dnspub.Publish(ctxFor(t), update(srv, "pg-2.example.net.", "", dnspub.Token(1, 1))); err != nil {
+	if err := dnspub.Publish(ctxFor(t), update(srv, "pg-2.example.net.", "", fsm.DNSToken(1, 1))); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	wantState(t, srv, []string{"pg-2.example.net."}, dnspub.Token(1, 1))
+	wantState(t, srv, []string{"pg-2.example.net."}, fsm.DNSToken(1, 1))
 	for _, rr := range srv.Query(t, "db", dns.TypeTXT) {
 		if rr.Header().Rrtype != dns.TypeCNAME {
 			t.Fatalf("TXT query at the CNAME's name answered %v; want only the CNAME", rr)
@@ -287,7 +288,7 @@ func TestPublishCNAMEReplacesOtherData(t *testing.T) {
 
 func TestPublishRefused(t *testing.T) {
 	srv := dnstest.Start(t, dnstest.Options{ReadOnly: true})
-	err := dnspub.Publish(ctxFor(t), update(srv, "192.0.2.10", "", dnspub.Token(1, 1)))
+	err := dnspub.Publish(ctxFor(t), update(srv, "192.0.2.10", "", fsm.DNSToken(1, 1)))
 	if !errors.Is(err, dnspub.ErrRefused) || !strings.Contains(err.Error(), "allow-update") {
 		t.Fatalf("Publish to a zone that allows no update: %v; want ErrRefused naming allow-update", err)
 	}
@@ -301,10 +302,10 @@ func TestPublishOtherAlgorithms(t *testing.T) {
 			if srv.Zone() != "corp.test." || srv.Key().Name != "witness-key" || srv.Key().Algorithm != alg {
 				t.Fatalf("server zone %q key %v", srv.Zone(), srv.Key())
 			}
-			if err := dnspub.Publish(ctxFor(t), update(srv, "198.51.100.7", "", dnspub.Token(4, 1))); err != nil {
+			if err := dnspub.Publish(ctxFor(t), update(srv, "198.51.100.7", "", fsm.DNSToken(4, 1))); err != nil {
 				t.Fatalf("Publish: %v", err)
 			}
-			wantState(t, srv, []string{"198.51.100.7"}, dnspub.Token(4, 1))
+			wantState(t, srv, []string{"198.51.100.7"}, fsm.DNSToken(4, 1))
 		})
 	}
 }
@@ -352,7 +353,7 @@ func blackHole(t *testing.T) (addr string, accepted <-chan struct{}) {
 func deadServerUpdate(addr string) dnspub.Update {
 	return dnspub.Update{
 		Server: addr, Zone: "example.test.", Record: "db.example.test.", TTL: 30, Target: "192.0.2.1",
-		NewToken: dnspub.Token(1, 1),
+		NewToken: fsm.DNSToken(1, 1),
 		Key:      dnspub.Key{Name: "regent-key", Secret: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"},
 	}
 }

@@ -63,16 +63,10 @@ type Update struct {
 	// PrevToken is the token of the last successful publish (the cluster's dns_token), or ""
 	// when nothing was published yet, in which case no token record may exist.
 	PrevToken string
-	// NewToken is this publish's token, Token(term, event).
+	// NewToken is this publish's token (regent writes fsm.DNSToken(term, event)).
 	NewToken string
 	// Key signs the update.
 	Key Key
-}
-
-// Token returns the token a publish made in Raft term term for failover event eventID carries,
-// e.g. "regent term=7 event=3".
-func Token(term, eventID uint64) string {
-	return fmt.Sprintf("regent term=%d event=%d", term, eventID)
 }
 
 // TokenName returns the name of the TXT record that holds the token for record.

@@ -22,16 +22,13 @@ func testUpdate() Update {
 		Record:    "db.example.test.",
 		TTL:       30,
 		Target:    "192.0.2.10",
-		PrevToken: Token(1, 1),
-		NewToken:  Token(2, 3),
+		PrevToken: "regent term=1 event=1",
+		NewToken:  "regent term=2 event=3",
 		Key:       Key{Name: "regent-key", Secret: testSecret},
 	}
 }
 
-func TestToken(t *testing.T) {
-	if got := Token(7, 3); got != "regent term=7 event=3" {
-		t.Errorf("Token(7, 3) = %q", got)
-	}
+func TestTokenName(t *testing.T) {
 	if got := TokenName("db.example.test"); got != "_regent-token.db.example.test." {
 		t.Errorf("TokenName = %q", got)
 	}

@@ -58,11 +58,11 @@ func TestServersAreIndependent(t *testing.T) {
 	// Each key updates its own server only.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	u := dnspub.Update{Server: b.Addr(), Zone: b.Zone(), Record: b.Name("db"), TTL: 5, Target: "192.0.2.2", NewToken: dnspub.Token(1, 1), Key: b.Key()}
+	u := dnspub.Update{Server: b.Addr(), Zone: b.Zone(), Record: b.Name("db"), TTL: 5, Target: "192.0.2.2", NewToken: "regent term=1 event=1", Key: b.Key()}
 	if err := dnspub.Publish(ctx, u); err != nil {
 		t.Fatalf("Publish with the server's key: %v", err)
 	}
-	u.Key, u.PrevToken, u.NewToken = a.Key(), dnspub.Token(1, 1), dnspub.Token(1, 2)
+	u.Key, u.PrevToken, u.NewToken = a.Key(), "regent term=1 event=1", "regent term=1 event=2"
 	if err := dnspub.Publish(ctx, u); err == nil {
 		t.Fatal("Publish with another server's key succeeded")
 	}

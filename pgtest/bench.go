@@ -234,9 +234,12 @@ func (b *Bench) newServer(name string) (*Server, error) {
 	if err := b.runAs.chown(dir); err != nil {
 		return nil, err
 	}
+	// Each server gets its own loopback address (127.0.0.1, 127.0.0.2, …), so that tests
+	// can tell servers apart by address as well as port — e.g. a DNS record that moves from
+	// the old primary to the new one.
 	s := &Server{
 		Name:    name,
-		Host:    "127.0.0.1",
+		Host:    fmt.Sprintf("127.0.0.%d", len(b.servers)+1),
 		Dir:     dir,
 		DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "postgres.log"),
@@ -252,7 +255,7 @@ func (b *Bench) startNew(ctx context.Context, s *Server) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		var port int
-		if port, err = freePort(); err != nil {
+		if port, err = freePort(s.Host); err != nil {
 			return err
 		}
 		s.Port = port
@@ -271,12 +274,12 @@ var (
 	portsUsed = map[int]bool{}
 )
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// freePort returns a TCP port on host (a loopback address) that was free a moment ago. It
 // picks at random below the kernel's ephemeral range, where neither bind to
 // port 0 (used by most other tests) nor outgoing connections take ports, so
 // that another process is unlikely to grab the port, even while a killed
 // server is down. When that range is too small it falls back to port 0.
-func freePort() (int, error) {
+func freePort(host string) (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
 	lo := 32768
@@ -293,7 +296,7 @@ func freePort() (int, error) {
 		if portsUsed[port] {
 			continue
 		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 		if err != nil {
 			continue
 		}
@@ -302,7 +305,7 @@ func freePort() (int, error) {
 		return port, nil
 	}
 	for attempt := 0; attempt < 10; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return 0, fmt.Errorf("pgtest: finding a free loopback port: %w", err)
 		}
@@ -398,9 +401,9 @@ func (b *Bench) writeConfig(s *Server) error {
 	}
 	hba := "# Written by regent pgtest.\nlocal all all trust\nlocal replication all trust\n"
 	if b.opts.PasswordAuth {
-		hba += fmt.Sprintf("host all %s 127.0.0.1/32 scram-sha-256\nhost replication %s 127.0.0.1/32 scram-sha-256\n", SuperUser, SuperUser)
+		hba += fmt.Sprintf("host all %s 127.0.0.0/8 scram-sha-256\nhost replication %s 127.0.0.0/8 scram-sha-256\n", SuperUser, SuperUser)
 	}
-	hba += "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
+	hba += "host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n"
 	hbaPath := filepath.Join(s.DataDir, "pg_hba.conf")
 	if err := os.WriteFile(hbaPath, []byte(hba), 0o600); err != nil {
 		return fmt.Errorf("pgtest: writing %s: %w", hbaPath, err)

@@ -3,7 +3,7 @@
 // pg_basebackup, and unrelated primaries whose system identifier differs.
 //
 // Each postmaster runs in its own directory under one base directory (mode
-// 0755) on a free 127.0.0.1 port, in its own process group, so that Close can
+// 0755) on a free port of its own loopback address (127.0.0.N), in its own process group, so that Close can
 // always take every process down. When the caller is root, every PostgreSQL
 // program (initdb, postgres, pg_basebackup, pg_rewind, ...) runs as the
 // "postgres" OS user, because initdb and postgres refuse to run as root.

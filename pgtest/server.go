@@ -42,7 +42,7 @@ type Server struct {
 	// the application_name a standby's WAL receiver reports) and the name
 	// of its directory.
 	Name string
-	// Host is the address the server listens on: always 127.0.0.1.
+	// Host is the loopback address the server listens on: 127.0.0.N for the bench's Nth server.
 	Host string
 	// Port is the TCP port the server listens on.
 	Port int

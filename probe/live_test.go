@@ -454,7 +454,7 @@ func TestLive(t *testing.T) {
 
 		// Same key, new address: the next probes use it.
 		moved := target(b, s1)
-		moved.Port = uint16(p.Port)
+		moved.Host, moved.Port = p.Host, uint16(p.Port)
 		if err := loop.SetTargets([]probe.Target{moved, target(b, s2)}); err != nil {
 			t.Fatal(err)
 		}

@@ -286,6 +286,25 @@ func (s *Store) mapRaftErr(err error) error {
 	return fmt.Errorf("raft: %w", err)
 }
 
+// VerifyLeader confirms with a quorum that this node still leads.
+func (s *Store) VerifyLeader(ctx context.Context) error {
+	if err := s.leaderErr(); err != nil {
+		return err
+	}
+	f := s.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return s.mapRaftErr(err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("verify leadership: %w", ctx.Err())
+	}
+}
+
 // VerifyRead makes a linearizable read possible on the leader: it confirms leadership with a
 // quorum, then waits until the FSM has applied everything committed before the call.
 func (s *Store) VerifyRead(ctx context.Context) error {

@@ -1,0 +1,238 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/regentdb/regent/alert"
+	"github.com/regentdb/regent/coordinator"
+	"github.com/regentdb/regent/fsm"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+	"github.com/regentdb/regent/spec"
+	"github.com/regentdb/regent/store"
+)
+
+// refusalEvery is the least time between two committed refusal texts of one cluster whose
+// reason stays of the same kind but whose details (lag figures) drift.
+const refusalEvery = 5 * time.Second
+
+// leaderAdapter lets a saga commit through this witness's store as the leader.
+type leaderAdapter struct{ a *Agent }
+
+func (l leaderAdapter) Propose(ctx context.Context, t regentv1.CommandType, p proto.Message) (*fsm.Result, error) {
+	return l.a.store.Propose(ctx, t, p, "regent/"+l.a.cfg.NodeName)
+}
+func (l leaderAdapter) Term() uint64 { return l.a.store.Term() }
+func (l leaderAdapter) VerifyLeader(ctx context.Context) error {
+	return l.a.store.VerifyLeader(ctx)
+}
+func (l leaderAdapter) State() *regentv1.State {
+	st, _ := l.a.fsm.State()
+	return st
+}
+
+// failovers is the leader's failover work in one leader session: deciding, starting and
+// driving sagas, and resuming the ones an earlier leader left unfinished.
+type failovers struct {
+	a       *Agent
+	ctx     context.Context
+	mu      sync.Mutex
+	running map[uint64]bool
+	wg      sync.WaitGroup
+	refused map[string]time.Time // cluster → when its refusal was last committed
+}
+
+// failoverAsLeader runs until ctx (the leader session) ends.
+func (a *Agent) failoverAsLeader(ctx context.Context) {
+	f := &failovers{a: a, ctx: ctx, running: map[uint64]bool{}, refused: map[string]time.Time{}}
+	a.obsMu.Lock()
+	a.leaderFailovers = f
+	a.obsMu.Unlock()
+	defer func() {
+		a.obsMu.Lock()
+		a.leaderFailovers = nil
+		a.obsMu.Unlock()
+		f.wg.Wait()
+	}()
+	// Resume what an earlier leader left half done.
+	st, _ := a.fsm.State()
+	for _, ev := range st.GetFailoverEvents() {
+		if open(ev) {
+			a.logger.Info("resuming failover saga", "event", ev.GetId(), "cluster", ev.GetCluster(), "step", ev.GetStep().String())
+			f.drive(ev.GetId())
+		}
+	}
+	tick := time.NewTicker(decideEvery(st))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, _ := a.fsm.State()
+		tick.Reset(decideEvery(st))
+		for _, c := range st.GetClusters() {
+			f.decide(st, c)
+		}
+	}
+}
+
+// decideEvery paces decisions at half the shortest probe interval.
+func decideEvery(st *regentv1.State) time.Duration {
+	d := spec.DefaultProbeInterval
+	for _, c := range st.GetClusters() {
+		if iv := time.Duration(spec.WithDefaults(c.GetPolicy()).GetProbeIntervalMs()) * time.Millisecond; iv < d {
+			d = iv
+		}
+	}
+	return max(d/2, 50*time.Millisecond)
+}
+
+func open(ev *regentv1.FailoverEvent) bool {
+	s := ev.GetStep()
+	return s != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED && s != regentv1.FailoverStep_FAILOVER_STEP_ABORTED
+}
+
+func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
+	for _, ev := range st.GetFailoverEvents() {
+		if ev.GetCluster() == c.GetName() && open(ev) {
+			f.drive(ev.GetId()) // no-op while it runs
+			return
+		}
+	}
+	now := time.Now()
+	d := coordinator.Decide(st, c.GetName(), now)
+	if d.Failover {
+		f.a.logger.Warn("primary down: starting failover", "cluster", c.GetName(), "from", c.GetPrimary(), "to", d.Candidate, "reason", d.Reason)
+		if _, err := f.start(f.ctx, c, d.Candidate, d.Reason, d.OldPrimaryLSN, d.EstimatedLossBytes, false, false); err != nil {
+			f.a.logger.Error("start failover", "cluster", c.GetName(), "err", err)
+		}
+		return
+	}
+	refusal := d.Refusal
+	if !d.Down {
+		refusal = ""
+	}
+	if refusal == c.GetRefusal() {
+		return
+	}
+	if refusal != "" && c.GetRefusal() != "" && now.Sub(f.refused[c.GetName()]) < refusalEvery {
+		return // same trouble, drifting details: do not write the log every tick
+	}
+	f.refused[c.GetName()] = now
+	if _, err := f.a.store.Propose(f.ctx, regentv1.CommandType_COMMAND_TYPE_RECORD_REFUSAL,
+		&regentv1.RecordRefusalCommand{Cluster: c.GetName(), Reason: refusal}, "regent/"+f.a.cfg.NodeName); err != nil {
+		f.a.logger.Warn("record refusal", "cluster", c.GetName(), "err", err)
+		return
+	}
+	if refusal != "" {
+		f.a.alerts.Notify(alert.Alert{Kind: "failover_declined", Severity: alert.SeverityCritical, Cluster: c.GetName(),
+			Message: fmt.Sprintf("primary %s of %s looks down but regent will not fail over: %s", c.GetPrimary(), c.GetName(), refusal)})
+	}
+}
+
+// start commits a new saga and drives it.
+func (f *failovers) start(ctx context.Context, c *regentv1.Cluster, to, reason string, oldLSN uint64, loss int64, manual, force bool) (*regentv1.FailoverEvent, error) {
+	res, err := f.a.store.Propose(ctx, regentv1.CommandType_COMMAND_TYPE_START_FAILOVER, &regentv1.StartFailoverCommand{
+		Cluster: c.GetName(), FromNode: c.GetPrimary(), ToNode: to, TriggerReason: reason, Term: f.a.store.Term(),
+		Manual: manual, Force: force, OldPrimaryLsn: oldLSN, EstimatedLossBytes: loss,
+	}, "regent/"+f.a.cfg.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	f.a.alerts.Notify(alert.Alert{Kind: "failover_started", Severity: alert.SeverityCritical, Cluster: c.GetName(),
+		Message: fmt.Sprintf("failover %d of %s started: %s → %s (%s)", res.Event.GetId(), c.GetName(), c.GetPrimary(), to, reason)})
+	f.drive(res.Event.GetId())
+	return res.Event, nil
+}
+
+// drive runs the saga of event id unless it already runs in this session.
+func (f *failovers) drive(id uint64) {
+	f.mu.Lock()
+	if f.running[id] {
+		f.mu.Unlock()
+		return
+	}
+	f.running[id] = true
+	f.mu.Unlock()
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer func() {
+			f.mu.Lock()
+			delete(f.running, id)
+			f.mu.Unlock()
+		}()
+		saga := &coordinator.Saga{Leader: leaderAdapter{f.a}, World: f.a.world, Opts: f.a.sagaOpts}
+		err := saga.Run(f.ctx, id)
+		switch {
+		case err == nil, f.ctx.Err() != nil:
+		case errors.Is(err, coordinator.ErrNotLeading):
+			f.a.logger.Warn("failover saga stopped: leadership lost", "event", id, "err", err)
+		default:
+			// Left open: the next decision tick drives it again.
+			f.a.logger.Error("failover saga step failed; will retry", "event", id, "err", err)
+		}
+	}()
+}
+
+// onFailover starts an operator's failover (the API's handler on the leader).
+func (a *Agent) onFailover(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error) {
+	a.obsMu.Lock()
+	f := a.leaderFailovers
+	a.obsMu.Unlock()
+	if f == nil {
+		return nil, fmt.Errorf("%w: leadership is still being established", store.ErrNoLeader)
+	}
+	st, _ := a.fsm.State()
+	var c *regentv1.Cluster
+	for _, cl := range st.GetClusters() {
+		if cl.GetName() == req.GetCluster() {
+			c = cl
+		}
+	}
+	if c == nil {
+		return nil, fmt.Errorf("%w: cluster %q", fsm.ErrNotFound, req.GetCluster())
+	}
+	var chans []*regentv1.ReplicationChannel
+	for _, ch := range st.GetChannels() {
+		if ch.GetCluster() == c.GetName() {
+			chans = append(chans, ch)
+		}
+	}
+	var oldLSN uint64
+	for _, ns := range c.GetNodeStatus() {
+		if ns.GetName() == c.GetPrimary() {
+			oldLSN = ns.GetCurrentLsn()
+		}
+	}
+	to, err := coordinator.ChooseCandidate(c, chans, oldLSN, req.GetForce(), req.GetTo())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", fsm.ErrConflict, err)
+	}
+	var received uint64
+	for _, ns := range c.GetNodeStatus() {
+		if ns.GetName() == to {
+			received = ns.GetReceivedLsn()
+		}
+	}
+	loss := int64(0)
+	if oldLSN > received {
+		loss = int64(oldLSN - received)
+	}
+	reason := "manual failover by " + actor
+	if req.GetReason() != "" {
+		reason += ": " + req.GetReason()
+	}
+	// The saga outlives the request: it runs under the leader session, not the RPC.
+	return f.start(f.ctx, c, to, reason, oldLSN, loss, true, req.GetForce())
+}
