@@ -45,11 +45,15 @@ type failovers struct {
 	running map[uint64]bool
 	wg      sync.WaitGroup
 	refused map[string]time.Time // cluster → when its refusal was last committed
+	// checking and checked pace the fence checks of fenced nodes (cluster/node keys).
+	checking map[string]bool
+	checked  map[string]time.Time
 }
 
 // failoverAsLeader runs until ctx (the leader session) ends.
 func (a *Agent) failoverAsLeader(ctx context.Context) {
-	f := &failovers{a: a, ctx: ctx, running: map[uint64]bool{}, refused: map[string]time.Time{}}
+	f := &failovers{a: a, ctx: ctx, running: map[uint64]bool{}, refused: map[string]time.Time{},
+		checking: map[string]bool{}, checked: map[string]time.Time{}}
 	a.obsMu.Lock()
 	a.leaderFailovers = f
 	a.obsMu.Unlock()
@@ -79,7 +83,56 @@ func (a *Agent) failoverAsLeader(ctx context.Context) {
 		tick.Reset(decideEvery(st))
 		for _, c := range st.GetClusters() {
 			f.decide(st, c)
+			f.enforceFences(c)
 		}
+	}
+}
+
+// fenceCheckEvery is how often the leader checks each fenced node for having come back
+// writable.
+const fenceCheckEvery = time.Second
+
+// enforceFences re-fences, in the background, any node the log holds as fenced that answers
+// as a writable primary: a fenced old primary must stay fenced until it has rejoined.
+func (f *failovers) enforceFences(c *regentv1.Cluster) {
+	for _, ns := range c.GetNodeStatus() {
+		if ns.GetRole() != regentv1.NodeRole_NODE_ROLE_FENCED || ns.GetName() == c.GetPrimary() {
+			continue
+		}
+		n := nodeOf(c, ns.GetName())
+		key := c.GetName() + "/" + ns.GetName()
+		f.mu.Lock()
+		due := n != nil && !f.checking[key] && time.Since(f.checked[key]) >= fenceCheckEvery
+		if due {
+			f.checking[key] = true
+		}
+		f.mu.Unlock()
+		if !due {
+			continue
+		}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			defer func() {
+				f.mu.Lock()
+				f.checking[key] = false
+				f.checked[key] = time.Now()
+				f.mu.Unlock()
+			}()
+			pol := spec.WithDefaults(c.GetPolicy())
+			ctx, cancel := context.WithTimeout(f.ctx, time.Duration(4*pol.GetProbeTimeoutMs())*time.Millisecond+5*time.Second)
+			defer cancel()
+			w := world{f.a}
+			did, err := w.enforceFence(ctx, c, n)
+			switch {
+			case err != nil:
+				f.a.logger.Error("fenced node is writable and could not be fenced again", "cluster", c.GetName(), "node", n.GetName(), "err", err)
+				w.Alert("fence_lost", alert.SeverityCritical, c.GetName(), fmt.Sprintf("fenced node %s of %s accepts writes again and the SQL fence failed: %v", n.GetName(), c.GetName(), err), nil)
+			case did:
+				f.a.logger.Warn("fenced node came back writable; fenced it again", "cluster", c.GetName(), "node", n.GetName())
+				w.Alert("refenced", alert.SeverityWarning, c.GetName(), fmt.Sprintf("fenced node %s of %s came back as a writable primary; regent made it read-only again", n.GetName(), c.GetName()), nil)
+			}
+		}()
 	}
 }
 

@@ -119,3 +119,25 @@ func nodeOf(c *regentv1.Cluster, name string) *regentv1.NodeSpec {
 	}
 	return nil
 }
+
+// enforceFence checks a node the log says is fenced and, when it answers as a writable primary
+// (an old primary restarted by hand or by its init system), fences it again with SQL. It
+// reports whether it had to.
+func (w world) enforceFence(ctx context.Context, c *regentv1.Cluster, n *regentv1.NodeSpec) (bool, error) {
+	t := w.target(c, n)
+	conn, err := pgconnect.Connect(ctx, t, "regent-fence-check")
+	if err != nil {
+		return false, nil // down: nothing to enforce now
+	}
+	var inRecovery bool
+	var readOnly string
+	err = conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')").Scan(&inRecovery, &readOnly)
+	pgconnect.Close(conn)
+	if err != nil || inRecovery || readOnly == "on" {
+		return false, nil
+	}
+	if err := fencing.FenceSQL(ctx, t); err != nil {
+		return true, fmt.Errorf("re-fence %s: %w", t, err)
+	}
+	return true, nil
+}

@@ -33,9 +33,12 @@ type Options struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
-	// Postgres and Alerts are copied into every witness's configuration.
+	// Postgres, Alerts and DNSKeys are copied into every witness's configuration.
 	Postgres config.Postgres
 	Alerts   config.Alerts
+	DNSKeys  map[string]config.DNSKey
+	// Configure, when set, adjusts witness i's configuration before it first starts.
+	Configure func(i int, cfg *config.Agent)
 }
 
 // Cluster is a set of in-process witnesses.
@@ -93,6 +96,7 @@ func (c *Cluster) Add() int {
 		Log:               config.Log{Format: "text", Level: "info"},
 		Postgres:          c.opts.Postgres,
 		Alerts:            c.opts.Alerts,
+		DNSKeys:           c.opts.DNSKeys,
 	}
 	if cfg.Postgres.User == "" {
 		cfg.Postgres = config.Postgres{User: config.DefaultPostgresUser, Database: config.DefaultPostgresDatabase, SSLMode: "disable"}
@@ -111,6 +115,9 @@ func (c *Cluster) Add() int {
 	}
 	for _, other := range c.Configs {
 		cfg.Join = append(cfg.Join, other.GossipAddr)
+	}
+	if c.opts.Configure != nil {
+		c.opts.Configure(i, &cfg)
 	}
 	c.Configs = append(c.Configs, cfg)
 	c.Agents = append(c.Agents, nil)
