@@ -59,7 +59,7 @@ type Agent struct {
 	leaderFailovers *failovers
 	world           coordinator.World
 	sagaOpts        coordinator.SagaOptions
-	beating   map[string]bool // clusters whose heartbeat write is under way
+	beating         map[string]bool // clusters whose heartbeat write is under way
 
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup

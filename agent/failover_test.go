@@ -250,7 +250,7 @@ func TestMinorityCutOffFromPrimaryDoesNotFailOver(t *testing.T) {
 	r := startFailoverRig(t, rigOptions{
 		bench: pgtest.Options{PasswordAuth: true},
 		configure: func(i int, cfg *config.Agent, b *pgtest.Bench) {
-			pass := filepath.Join(cfg.DataDir+"-pgpass")
+			pass := filepath.Join(cfg.DataDir + "-pgpass")
 			pw := b.Password()
 			if i == 0 {
 				pw = "wrong"

@@ -42,8 +42,8 @@ type Server struct {
 	gossip *gossip.Gossip
 	logger *slog.Logger
 
-	mu       sync.Mutex
-	conns    map[string]*grpc.ClientConn // leader gRPC address → connection
+	mu         sync.Mutex
+	conns      map[string]*grpc.ClientConn // leader gRPC address → connection
 	onReport   func(witness string, obs []*regentv1.Observation) error
 	onFailover func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)
 }
