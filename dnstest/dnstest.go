@@ -1,14 +1,15 @@
-// Package dnstest runs a real BIND named on loopback for tests: one primary zone that accepts
-// RFC 2136 updates signed with a fresh random TSIG key, started in a temporary directory and
-// stopped when the test ends.
+// Package dnstest runs a real BIND named on loopback for tests and local tools: one primary zone
+// that accepts RFC 2136 updates signed with a fresh random TSIG key, started in a new directory
+// and stopped (its directory removed) when the test ends — or, with New, when the caller calls
+// Stop (`regent lab` and the failover benchmark use New).
 //
 // named runs in the foreground (-g) as the user running the tests, root included: -u is not
 // passed, so named never switches to the bind user and needs no permissions beyond the test's own
 // temporary directory. Debian ships an AppArmor profile for /usr/sbin/named that only lets it read
 // /etc/bind and write /var/cache/bind, /var/lib/bind and a few more; where that profile is loaded
-// in enforce mode, Start puts its files under /var/cache/bind instead of the test's temporary
-// directory. On this project's machines (containers) AppArmor is not enabled in the kernel, so the
-// test's own temporary directory is used.
+// in enforce mode, Start and New put its files under /var/cache/bind instead of a temporary
+// directory. On this project's machines (containers) AppArmor is not enabled in the kernel, so a
+// temporary directory (or Options.Dir) is used.
 package dnstest
 
 import (
@@ -57,6 +58,9 @@ type Options struct {
 	Records []string
 	// ReadOnly makes the zone refuse every update (allow-update { none; }), for testing refusals.
 	ReadOnly bool
+	// Dir is the directory under which named's own directory is made; os.TempDir() when empty.
+	// (Where AppArmor confines named, its directory goes under /var/cache/bind instead.)
+	Dir string
 }
 
 // Server is a running named serving one zone on 127.0.0.1.
@@ -122,7 +126,7 @@ func Start(t testing.TB, opts Options) *Server {
 	if named == "" {
 		return nil // reached only with a testing.TB whose Skipf and Fatalf return
 	}
-	s, err := start(t, named, opts)
+	s, err := start(named, opts)
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
 		return nil
@@ -136,19 +140,36 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// New runs named outside a test, for programs such as `regent lab` and benchmarks: it finds
+// named (FindNamed; the error wraps ErrNoNamed when it is missing), writes its files into a new
+// directory under opts.Dir and waits until named answers for the zone. The caller must call
+// Stop, which stops named and removes that directory.
+func New(opts Options) (*Server, error) {
+	named, err := FindNamed()
+	if err != nil {
+		return nil, err
+	}
+	s, err := start(named, opts)
+	if err != nil {
+		return nil, fmt.Errorf("dnstest: %w", err)
+	}
+	return s, nil
+}
+
 // start writes named's files into a new directory and runs it, on another port when the first
-// one was taken meanwhile.
-func start(t testing.TB, named string, opts Options) (*Server, error) {
+// one was taken meanwhile. On error nothing is left running and the directory is removed.
+func start(named string, opts Options) (*Server, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	dir, err := workDir(t)
+	dir, err := workDir(opts.Dir)
 	if err != nil {
 		return nil, err
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("generating a TSIG secret: %w", err)
 	}
 	key := dnspub.Key{Name: opts.KeyName, Algorithm: opts.Algorithm, Secret: base64.StdEncoding.EncodeToString(secret)}
@@ -159,22 +180,25 @@ func start(t testing.TB, named string, opts Options) (*Server, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		port, err := freeport.Get()
 		if err != nil {
+			os.RemoveAll(dir)
 			return nil, err
 		}
 		s := &Server{zone: opts.Zone, key: key, addr: net.JoinHostPort("127.0.0.1", fmt.Sprint(port)), dir: dir}
 		if err := s.writeFiles(opts, port); err != nil {
+			os.RemoveAll(dir)
 			return nil, err
 		}
 		err = s.start(named)
 		if err == nil {
 			return s, nil
 		}
-		s.Stop()
+		s.stopNamed()
 		lastErr = fmt.Errorf("%w\n--- named's log:\n%s", err, tail(s.Log(), 16000))
 		if !strings.Contains(s.Log(), "address in use") {
 			break
 		}
 	}
+	os.RemoveAll(dir)
 	return nil, lastErr
 }
 
@@ -204,17 +228,20 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// workDir returns a fresh directory for named's files, removed when the test ends: the test's
-// temporary directory, or one under /var/cache/bind when AppArmor confines named.
-func workDir(t testing.TB) (string, error) {
+// workDir returns a fresh directory for named's files, which Stop removes: one under parent
+// (os.TempDir() when empty), or under /var/cache/bind when AppArmor confines named.
+func workDir(parent string) (string, error) {
 	if !apparmorConfinesNamed() {
-		return t.TempDir(), nil
+		d, err := os.MkdirTemp(parent, "regent-dnstest-")
+		if err != nil {
+			return "", fmt.Errorf("making a directory for named's files: %w (set Options.Dir to a writable directory)", err)
+		}
+		return d, nil
 	}
 	d, err := os.MkdirTemp("/var/cache/bind", "regent-dnstest-")
 	if err != nil {
-		return "", fmt.Errorf("AppArmor confines named to /var/cache/bind and friends, and making a directory there failed: %w (run the tests as root, or put the named profile in complain mode: aa-complain /usr/sbin/named)", err)
+		return "", fmt.Errorf("AppArmor confines named to /var/cache/bind and friends, and making a directory there failed: %w (run as root, or put the named profile in complain mode: aa-complain /usr/sbin/named)", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
 	return d, nil
 }
 
@@ -346,27 +373,57 @@ func (s *Server) answersSOA() error {
 }
 
 // Stop stops named: SIGTERM, then SIGKILL if it has not exited within 10s. It waits for named to
-// exit and may be called more than once; the test's cleanup calls it too.
+// exit, then removes named's directory (Dir). It may be called more than once; Start's test
+// cleanup calls it too.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
-		if s.cmd == nil || s.cmd.Process == nil {
-			return
-		}
-		select {
-		case <-s.done:
-			return
-		default:
-		}
-		_ = s.cmd.Process.Signal(terminate)
-		timer := time.NewTimer(stopTimeout)
-		defer timer.Stop()
-		select {
-		case <-s.done:
-		case <-timer.C:
-			_ = s.cmd.Process.Kill()
-			<-s.done
+		s.stopNamed()
+		if s.dir != "" {
+			os.RemoveAll(s.dir)
 		}
 	})
+}
+
+// stopNamed ends the named process and waits for it.
+func (s *Server) stopNamed() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(terminate)
+	timer := time.NewTimer(stopTimeout)
+	defer timer.Stop()
+	select {
+	case <-s.done:
+	case <-timer.C:
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// PID returns named's process id, or 0 when it was never started.
+func (s *Server) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// Running reports whether named is still running.
+func (s *Server) Running() bool {
+	if s.done == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Addr returns the host:port named listens on (TCP and UDP), on 127.0.0.1.

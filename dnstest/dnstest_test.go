@@ -3,8 +3,11 @@ package dnstest_test
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -171,5 +174,51 @@ func TestCleanupStopsNamedAndLogsOnFailure(t *testing.T) {
 	q.SetQuestion(s.Zone(), dns.TypeSOA)
 	if _, _, err := c.Exchange(q, s.Addr()); err == nil {
 		t.Fatal("named still answers after the test's cleanup")
+	}
+}
+
+func TestNewRunsWithoutATestAndStopRemovesItsFiles(t *testing.T) {
+	dnstest.RequireNamed(t)
+	parent := t.TempDir()
+	srv, err := dnstest.New(dnstest.Options{Dir: parent, Records: []string{"db 5 IN A 127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	if filepath.Dir(srv.Dir()) != parent {
+		t.Errorf("Dir() = %s; want a directory under %s", srv.Dir(), parent)
+	}
+	if !srv.Running() || srv.PID() == 0 {
+		t.Fatalf("running %v, pid %d", srv.Running(), srv.PID())
+	}
+	if db := srv.Query(t, "db", dns.TypeA); len(db) != 1 || db[0].(*dns.A).A.String() != "127.0.0.1" {
+		t.Fatalf("db A answered %v", db)
+	}
+	srv.Stop()
+	if srv.Running() {
+		t.Error("named still running after Stop")
+	}
+	if _, err := os.Stat(srv.Dir()); !os.IsNotExist(err) {
+		t.Errorf("named's directory %s left behind after Stop (%v)", srv.Dir(), err)
+	}
+}
+
+func TestNewWithoutNamedSaysHowToInstallIt(t *testing.T) {
+	t.Setenv(dnstest.EnvNamed, "/nonexistent/named")
+	srv, err := dnstest.New(dnstest.Options{})
+	if srv != nil || !errors.Is(err, dnstest.ErrNoNamed) || !strings.Contains(err.Error(), "apt-get install bind9") {
+		t.Fatalf("New without named: %v, %v; want ErrNoNamed naming the package", srv, err)
+	}
+}
+
+func TestNewWithABrokenZoneLeavesNothing(t *testing.T) {
+	dnstest.RequireNamed(t)
+	parent := t.TempDir()
+	srv, err := dnstest.New(dnstest.Options{Dir: parent, Records: []string{"db IN A not-an-address"}})
+	if srv != nil || err == nil || !strings.Contains(err.Error(), "could not load zone") {
+		t.Fatalf("New with a broken zone: %v, %v", srv, err)
+	}
+	if left, _ := os.ReadDir(parent); len(left) != 0 {
+		t.Errorf("a failed New left %v in %s", left, parent)
 	}
 }
