@@ -1,6 +1,8 @@
 package agent_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regentdb/regent/cli"
 	"github.com/regentdb/regent/config"
 	"github.com/regentdb/regent/dnspub"
 	"github.com/regentdb/regent/dnstest"
@@ -419,5 +422,60 @@ func TestLeaderKilledAfterFenceCommitsNewLeaderFinishes(t *testing.T) {
 	}
 	if promoted != 1 {
 		t.Errorf("%d standbys promoted, want exactly one", promoted)
+	}
+}
+
+func TestManualFailoverFromTheCLIFencesTheLivePrimary(t *testing.T) {
+	r := startFailoverRig(t, rigOptions{})
+	r.waitObserved(t)
+	ctx := witnesstest.Context(t, 3*wait)
+	// A client session on the old primary, which the SQL fence must end.
+	conn, err := r.primary.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var out, errOut bytes.Buffer
+	addr := r.c.Configs[r.c.Follower(r.leader)].GRPCAddr
+	if code := cli.Run(ctx, []string{"--addr", addr, "failover", "--cluster", "orders", "--to", "pg-ap", "--reason", "drill"}, &out, &errOut); code != 0 {
+		t.Fatalf("regent failover: exit %d: %s %s", code, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "pg-ap") {
+		t.Errorf("failover output %q", out.String())
+	}
+	witnesstest.Eventually(t, wait, "a failover event", func() bool { return len(r.events()) == 1 })
+	ev := r.waitEvent(t, r.events()[0].GetId())
+	if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetToNode() != "pg-ap" || !ev.GetManual() || ev.GetFenceMethod() != "sql" {
+		t.Fatalf("manual failover: step %v to %s manual %v fence %q (%s; notes %v)", ev.GetStep(), ev.GetToNode(), ev.GetManual(), ev.GetFenceMethod(), ev.GetAbortReason(), ev.GetNotes())
+	}
+	if !strings.Contains(ev.GetTriggerReason(), "drill") {
+		t.Errorf("trigger reason %q", ev.GetTriggerReason())
+	}
+	// The old primary is read-only and its client was cut; pg-eu follows pg-ap.
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil {
+		t.Error("the old primary's client session survived the fence")
+	}
+	if err := r.primary.Exec(ctx, "CREATE TABLE split_brain (id int)"); err == nil {
+		t.Error("the fenced old primary accepted a write")
+	}
+	if err := pgops.WaitStreamingFrom(ctx, target(r, r.eu), r.ap.Host, uint16(r.ap.Port)); err != nil {
+		t.Errorf("pg-eu does not stream from pg-ap: %v", err)
+	}
+	// The operator's action is in the audit trail.
+	found := false
+	for _, a := range r.state().GetAudit() {
+		found = found || (a.GetAction() == "cluster.failover" && a.GetTarget() == "orders")
+	}
+	if !found {
+		t.Error("no audit record of the manual failover")
+	}
+	// Asking for a node that cannot be promoted changes nothing.
+	out.Reset()
+	errOut.Reset()
+	if code := cli.Run(ctx, []string{"--addr", addr, "failover", "--cluster", "orders", "--to", "pg-nowhere"}, &out, &errOut); code == 0 {
+		t.Errorf("failover to an unknown node succeeded: %s", out.String())
+	}
+	if n := len(r.events()); n != 1 {
+		t.Errorf("%d events after a refused request", n)
 	}
 }
