@@ -13,7 +13,9 @@ import (
 )
 
 func TestLabStartsWitnessesThatTakeTheExampleSpec(t *testing.T) {
-	l, err := Start(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := Start(ctx, Options{NoPostgres: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,8 +26,6 @@ func TestLabStartsWitnessesThatTakeTheExampleSpec(t *testing.T) {
 			l.Stop()
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	if err := l.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestLabRestartsInItsDirectory(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	l, err := Start(Options{Dir: dir})
+	l, err := Start(ctx, Options{Dir: dir, NoPostgres: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestLabRestartsInItsDirectory(t *testing.T) {
 	if err := l.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	l, err = Start(Options{Dir: dir})
+	l, err = Start(ctx, Options{Dir: dir, NoPostgres: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestLabRestartsInItsDirectory(t *testing.T) {
 }
 
 func TestLabRejectsWitnessCount(t *testing.T) {
-	if _, err := Start(Options{Witnesses: 4}); err == nil || !strings.Contains(err.Error(), "3 or 5") {
+	if _, err := Start(context.Background(), Options{Witnesses: 4, NoPostgres: true}); err == nil || !strings.Contains(err.Error(), "3 or 5") {
 		t.Errorf("4 witnesses: %v", err)
 	}
 }
