@@ -1736,6 +1736,258 @@ func (x *ResumeResponse) GetCluster() *Cluster {
 	return nil
 }
 
+type RenewLeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseRequest) Reset() {
+	*x = RenewLeaseRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseRequest) ProtoMessage() {}
+
+func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RenewLeaseRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type RenewLeaseResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Granted bool                   `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
+	// The witness that answered.
+	Witness string `protobuf:"bytes,2,opt,name=witness,proto3" json:"witness,omitempty"`
+	// Why not, when not granted.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The epoch and primary this witness's replicated state holds for the cluster.
+	CurrentEpoch  uint64 `protobuf:"varint,4,opt,name=current_epoch,json=currentEpoch,proto3" json:"current_epoch,omitempty"`
+	Primary       string `protobuf:"bytes,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseResponse) Reset() {
+	*x = RenewLeaseResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseResponse) ProtoMessage() {}
+
+func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RenewLeaseResponse) GetGranted() bool {
+	if x != nil {
+		return x.Granted
+	}
+	return false
+}
+
+func (x *RenewLeaseResponse) GetWitness() string {
+	if x != nil {
+		return x.Witness
+	}
+	return ""
+}
+
+func (x *RenewLeaseResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RenewLeaseResponse) GetCurrentEpoch() uint64 {
+	if x != nil {
+		return x.CurrentEpoch
+	}
+	return 0
+}
+
+func (x *RenewLeaseResponse) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+type RevokeLeaseRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Epoch   uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Fencing token of the saga asking (term, event).
+	Term          uint64 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	EventId       uint64 `protobuf:"varint,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLeaseRequest) Reset() {
+	*x = RevokeLeaseRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLeaseRequest) ProtoMessage() {}
+
+func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RevokeLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RevokeLeaseRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *RevokeLeaseRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RevokeLeaseRequest) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *RevokeLeaseRequest) GetEventId() uint64 {
+	if x != nil {
+		return x.EventId
+	}
+	return 0
+}
+
+type RevokeLeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Witness       string                 `protobuf:"bytes,1,opt,name=witness,proto3" json:"witness,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLeaseResponse) Reset() {
+	*x = RevokeLeaseResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLeaseResponse) ProtoMessage() {}
+
+func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RevokeLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RevokeLeaseResponse) GetWitness() string {
+	if x != nil {
+		return x.Witness
+	}
+	return ""
+}
+
 var File_regent_v1_api_proto protoreflect.FileDescriptor
 
 const file_regent_v1_api_proto_rawDesc = "" +
@@ -1860,7 +2112,24 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\rResumeRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\">\n" +
 	"\x0eResumeResponse\x12,\n" +
-	"\acluster\x18\x01 \x01(\v2\x12.regent.v1.ClusterR\acluster2\xc4\a\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.regent.v1.ClusterR\acluster\"W\n" +
+	"\x11RenewLeaseRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x9f\x01\n" +
+	"\x12RenewLeaseResponse\x12\x18\n" +
+	"\agranted\x18\x01 \x01(\bR\agranted\x12\x18\n" +
+	"\awitness\x18\x02 \x01(\tR\awitness\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
+	"\rcurrent_epoch\x18\x04 \x01(\x04R\fcurrentEpoch\x12\x18\n" +
+	"\aprimary\x18\x05 \x01(\tR\aprimary\"s\n" +
+	"\x12RevokeLeaseRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\x12\x19\n" +
+	"\bevent_id\x18\x04 \x01(\x04R\aeventId\"/\n" +
+	"\x13RevokeLeaseResponse\x12\x18\n" +
+	"\awitness\x18\x01 \x01(\tR\awitness2\xdd\b\n" +
 	"\x06Regent\x12C\n" +
 	"\bGetState\x12\x1a.regent.v1.GetStateRequest\x1a\x1b.regent.v1.GetStateResponse\x12O\n" +
 	"\fApplyCluster\x12\x1e.regent.v1.ApplyClusterRequest\x1a\x1f.regent.v1.ApplyClusterResponse\x12R\n" +
@@ -1874,7 +2143,10 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x06Report\x12\x18.regent.v1.ReportRequest\x1a\x19.regent.v1.ReportResponse\x12C\n" +
 	"\bFailover\x12\x1a.regent.v1.FailoverRequest\x1a\x1b.regent.v1.FailoverResponse\x12:\n" +
 	"\x05Pause\x12\x17.regent.v1.PauseRequest\x1a\x18.regent.v1.PauseResponse\x12=\n" +
-	"\x06Resume\x12\x18.regent.v1.ResumeRequest\x1a\x19.regent.v1.ResumeResponseB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x06Resume\x12\x18.regent.v1.ResumeRequest\x1a\x19.regent.v1.ResumeResponse\x12I\n" +
+	"\n" +
+	"RenewLease\x12\x1c.regent.v1.RenewLeaseRequest\x1a\x1d.regent.v1.RenewLeaseResponse\x12L\n" +
+	"\vRevokeLease\x12\x1d.regent.v1.RevokeLeaseRequest\x1a\x1e.regent.v1.RevokeLeaseResponseB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_api_proto_rawDescOnce sync.Once
@@ -1888,7 +2160,7 @@ func file_regent_v1_api_proto_rawDescGZIP() []byte {
 	return file_regent_v1_api_proto_rawDescData
 }
 
-var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_regent_v1_api_proto_goTypes = []any{
 	(*ReadOptions)(nil),                // 0: regent.v1.ReadOptions
 	(*GetStateRequest)(nil),            // 1: regent.v1.GetStateRequest
@@ -1919,43 +2191,47 @@ var file_regent_v1_api_proto_goTypes = []any{
 	(*PauseResponse)(nil),              // 26: regent.v1.PauseResponse
 	(*ResumeRequest)(nil),              // 27: regent.v1.ResumeRequest
 	(*ResumeResponse)(nil),             // 28: regent.v1.ResumeResponse
-	(*Cluster)(nil),                    // 29: regent.v1.Cluster
-	(*ReplicationChannel)(nil),         // 30: regent.v1.ReplicationChannel
-	(*FailoverEvent)(nil),              // 31: regent.v1.FailoverEvent
-	(*ClusterSpec)(nil),                // 32: regent.v1.ClusterSpec
-	(*Member)(nil),                     // 33: regent.v1.Member
-	(*AuditRecord)(nil),                // 34: regent.v1.AuditRecord
-	(*State)(nil),                      // 35: regent.v1.State
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(*RenewLeaseRequest)(nil),          // 29: regent.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 30: regent.v1.RenewLeaseResponse
+	(*RevokeLeaseRequest)(nil),         // 31: regent.v1.RevokeLeaseRequest
+	(*RevokeLeaseResponse)(nil),        // 32: regent.v1.RevokeLeaseResponse
+	(*Cluster)(nil),                    // 33: regent.v1.Cluster
+	(*ReplicationChannel)(nil),         // 34: regent.v1.ReplicationChannel
+	(*FailoverEvent)(nil),              // 35: regent.v1.FailoverEvent
+	(*ClusterSpec)(nil),                // 36: regent.v1.ClusterSpec
+	(*Member)(nil),                     // 37: regent.v1.Member
+	(*AuditRecord)(nil),                // 38: regent.v1.AuditRecord
+	(*State)(nil),                      // 39: regent.v1.State
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
 }
 var file_regent_v1_api_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.GetStateRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 1: regent.v1.GetStateResponse.members:type_name -> regent.v1.MemberStatus
-	29, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
-	30, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
-	31, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	32, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	29, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	33, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
+	34, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
+	35, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	36, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	33, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
 	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	29, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	33, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
 	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	30, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	34, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	31, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	35, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
 	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	29, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	33, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	30, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	31, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	34, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	35, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	36, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
-	36, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	33, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	37, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	34, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	35, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	38, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	39, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	40, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	40, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
 	20, // 23: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
-	31, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
-	29, // 25: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
-	29, // 26: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
+	35, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
+	33, // 25: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
+	33, // 26: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
 	1,  // 27: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
 	4,  // 28: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
 	6,  // 29: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
@@ -1969,21 +2245,25 @@ var file_regent_v1_api_proto_depIdxs = []int32{
 	23, // 37: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
 	25, // 38: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
 	27, // 39: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
-	3,  // 40: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 41: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 42: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 43: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 44: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 45: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 46: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 47: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 48: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	22, // 49: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
-	24, // 50: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
-	26, // 51: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
-	28, // 52: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
-	40, // [40:53] is the sub-list for method output_type
-	27, // [27:40] is the sub-list for method input_type
+	29, // 40: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
+	31, // 41: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
+	3,  // 42: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 43: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 44: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 45: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 46: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 47: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 48: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	17, // 49: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	19, // 50: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	22, // 51: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	24, // 52: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
+	26, // 53: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
+	28, // 54: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
+	30, // 55: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
+	32, // 56: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
+	42, // [42:57] is the sub-list for method output_type
+	27, // [27:42] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
 	27, // [27:27] is the sub-list for extension extendee
 	0,  // [0:27] is the sub-list for field type_name
@@ -2001,7 +2281,7 @@ func file_regent_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_api_proto_rawDesc), len(file_regent_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,8 @@ const (
 	Regent_Failover_FullMethodName           = "/regent.v1.Regent/Failover"
 	Regent_Pause_FullMethodName              = "/regent.v1.Regent/Pause"
 	Regent_Resume_FullMethodName             = "/regent.v1.Regent/Resume"
+	Regent_RenewLease_FullMethodName         = "/regent.v1.Regent/RenewLease"
+	Regent_RevokeLease_FullMethodName        = "/regent.v1.Regent/RevokeLease"
 )
 
 // RegentClient is the client API for Regent service.
@@ -68,6 +70,12 @@ type RegentClient interface {
 	Pause(ctx context.Context, in *PauseRequest, opts ...grpc.CallOption) (*PauseResponse, error)
 	// Resume re-enables automatic failover of a cluster.
 	Resume(ctx context.Context, in *ResumeRequest, opts ...grpc.CallOption) (*ResumeResponse, error)
+	// RenewLease is a primary keeper's lease renewal, answered by this witness alone (never
+	// forwarded): granted unless this witness revoked the epoch or knows a newer one.
+	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
+	// RevokeLease makes this witness refuse every later renewal of the epoch, durably (a
+	// restarted witness still refuses). Answered by this witness alone.
+	RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error)
 }
 
 type regentClient struct {
@@ -217,6 +225,26 @@ func (c *regentClient) Resume(ctx context.Context, in *ResumeRequest, opts ...gr
 	return out, nil
 }
 
+func (c *regentClient) RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewLeaseResponse)
+	err := c.cc.Invoke(ctx, Regent_RenewLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *regentClient) RevokeLease(ctx context.Context, in *RevokeLeaseRequest, opts ...grpc.CallOption) (*RevokeLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeLeaseResponse)
+	err := c.cc.Invoke(ctx, Regent_RevokeLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegentServer is the server API for Regent service.
 // All implementations must embed UnimplementedRegentServer
 // for forward compatibility.
@@ -251,6 +279,12 @@ type RegentServer interface {
 	Pause(context.Context, *PauseRequest) (*PauseResponse, error)
 	// Resume re-enables automatic failover of a cluster.
 	Resume(context.Context, *ResumeRequest) (*ResumeResponse, error)
+	// RenewLease is a primary keeper's lease renewal, answered by this witness alone (never
+	// forwarded): granted unless this witness revoked the epoch or knows a newer one.
+	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
+	// RevokeLease makes this witness refuse every later renewal of the epoch, durably (a
+	// restarted witness still refuses). Answered by this witness alone.
+	RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error)
 	mustEmbedUnimplementedRegentServer()
 }
 
@@ -299,6 +333,12 @@ func (UnimplementedRegentServer) Pause(context.Context, *PauseRequest) (*PauseRe
 }
 func (UnimplementedRegentServer) Resume(context.Context, *ResumeRequest) (*ResumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Resume not implemented")
+}
+func (UnimplementedRegentServer) RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewLease not implemented")
+}
+func (UnimplementedRegentServer) RevokeLease(context.Context, *RevokeLeaseRequest) (*RevokeLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeLease not implemented")
 }
 func (UnimplementedRegentServer) mustEmbedUnimplementedRegentServer() {}
 func (UnimplementedRegentServer) testEmbeddedByValue()                {}
@@ -548,6 +588,42 @@ func _Regent_Resume_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Regent_RenewLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).RenewLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_RenewLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).RenewLease(ctx, req.(*RenewLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Regent_RevokeLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).RevokeLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_RevokeLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).RevokeLease(ctx, req.(*RevokeLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Regent_ServiceDesc is the grpc.ServiceDesc for Regent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -602,6 +678,14 @@ var Regent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Resume",
 			Handler:    _Regent_Resume_Handler,
+		},
+		{
+			MethodName: "RenewLease",
+			Handler:    _Regent_RenewLease_Handler,
+		},
+		{
+			MethodName: "RevokeLease",
+			Handler:    _Regent_RevokeLease_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

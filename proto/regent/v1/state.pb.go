@@ -863,7 +863,10 @@ type Cluster struct {
 	PauseReason string `protobuf:"bytes,13,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
 	// The DNS token (term and event) of the last successful publish; the next update carries it
 	// as its prerequisite, so an update from a stale leader fails at the DNS server.
-	DnsToken      string `protobuf:"bytes,14,opt,name=dns_token,json=dnsToken,proto3" json:"dns_token,omitempty"`
+	DnsToken string `protobuf:"bytes,14,opt,name=dns_token,json=dnsToken,proto3" json:"dns_token,omitempty"`
+	// Epoch of the current primary's quorum lease: 1 when the cluster is created, incremented by
+	// every promotion. Witnesses grant the primary's keeper renewals for this epoch only.
+	LeaseEpoch    uint64 `protobuf:"varint,15,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -994,6 +997,13 @@ func (x *Cluster) GetDnsToken() string {
 		return x.DnsToken
 	}
 	return ""
+}
+
+func (x *Cluster) GetLeaseEpoch() uint64 {
+	if x != nil {
+		return x.LeaseEpoch
+	}
+	return 0
 }
 
 // ReplicationChannel is the seed table of that name: one per cluster and
@@ -1777,7 +1787,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	" \x01(\tR\x11walReceiverStatus\x12\x1a\n" +
 	"\bupstream\x18\v \x01(\tR\bupstream\x12#\n" +
 	"\rreplay_paused\x18\f \x01(\bR\freplayPaused\x12!\n" +
-	"\fwrong_system\x18\r \x01(\bR\vwrongSystem\"\xb1\x04\n" +
+	"\fwrong_system\x18\r \x01(\bR\vwrongSystem\"\xd2\x04\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12)\n" +
@@ -1797,7 +1807,9 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"refusal_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\trefusalAt\x12!\n" +
 	"\fpause_reason\x18\r \x01(\tR\vpauseReason\x12\x1b\n" +
-	"\tdns_token\x18\x0e \x01(\tR\bdnsToken\"\xb0\x03\n" +
+	"\tdns_token\x18\x0e \x01(\tR\bdnsToken\x12\x1f\n" +
+	"\vlease_epoch\x18\x0f \x01(\x04R\n" +
+	"leaseEpoch\"\xb0\x03\n" +
 	"\x12ReplicationChannel\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12%\n" +
