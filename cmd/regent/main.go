@@ -3,22 +3,25 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/regentdb/regent/agent"
 	"github.com/regentdb/regent/cli"
 	"github.com/regentdb/regent/config"
+	"github.com/regentdb/regent/fsm"
 	"github.com/regentdb/regent/lab"
 	"github.com/regentdb/regent/logging"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
 func main() {
@@ -47,7 +50,10 @@ func usage(w io.Writer) {
 
 Daemons:
   agent --config FILE        run a witness (Raft voter, gossip, gRPC API, /metrics)
-  lab [--dir DIR]            run a local deployment of three witnesses on loopback
+  lab [--dir DIR] [--no-postgres] [--kill-primary]
+                             run a local deployment on loopback: three witnesses, a PostgreSQL
+                             primary and two standbys in three regions, named when installed;
+                             k + Enter kills the primary to watch a failover
 
 `)
 	cli.Usage(w)
@@ -95,14 +101,27 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
+// labStdin is where `regent lab` reads its key presses (k, q); tests replace it.
+var labStdin io.Reader = os.Stdin
+
 func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("dir", "", "keep the lab's data here (default: a temporary directory removed on exit)")
+	dir := fs.String("dir", "", "keep the witnesses' data here across runs (default: a temporary directory removed on exit); PostgreSQL and named are fresh on every run")
 	witnesses := fs.Int("witnesses", 3, "number of witnesses: 3 or 5")
+	noPostgres := fs.Bool("no-postgres", false, "start the witnesses only: no PostgreSQL, no named, no cluster")
+	killPrimary := fs.Bool("kill-primary", false, "once the cluster is healthy, kill -9 the primary's postmaster and watch the failover")
 	logLevel := fs.String("log-level", "warn", "witness log level shown on stderr")
 	refresh := fs.Duration("refresh", time.Second, "how often the status is checked (the table is reprinted when it changes)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: regent lab [--dir DIR] [--witnesses 3|5] [--no-postgres] [--kill-primary] [--log-level LEVEL] [--refresh DURATION]")
+		return 2
+	}
+	if *noPostgres && *killPrimary {
+		fmt.Fprintln(stderr, "regent lab: --kill-primary needs PostgreSQL; drop --no-postgres")
 		return 2
 	}
 	logger, err := logging.New(stderr, "text", *logLevel)
@@ -110,24 +129,80 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "regent lab: %v\n", err)
 		return 2
 	}
-	l, err := lab.Start(lab.Options{Dir: *dir, Witnesses: *witnesses, Logger: logger})
+	fmt.Fprintln(stdout, "regent lab: starting (Ctrl-C stops it)")
+	l, err := lab.Start(ctx, lab.Options{Dir: *dir, Witnesses: *witnesses, NoPostgres: *noPostgres, Logger: logger,
+		Progress: &linePrefixer{w: stdout, prefix: "regent lab: "}})
 	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stdout, "regent lab: stopped before it was ready")
+			return 0
+		}
 		fmt.Fprintf(stderr, "regent lab: %v\n", err)
 		return 1
 	}
-	defer l.Stop()
+	defer func() {
+		fmt.Fprintln(stdout, "\nstopping the lab…")
+		if err := l.Stop(); err != nil {
+			fmt.Fprintf(stderr, "regent lab: stop: %v\n", err)
+		}
+	}()
 	if err := l.WriteExampleSpec(); err != nil {
 		fmt.Fprintf(stderr, "regent lab: %v\n", err)
 	}
+	fmt.Fprintln(stdout)
 	l.Describe(stdout)
-	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = l.WaitReady(readyCtx)
-	cancel()
-	if err != nil && !errors.Is(ctx.Err(), context.Canceled) {
-		fmt.Fprintf(stderr, "regent lab: %v\n", err)
-		return 1
+	if *noPostgres {
+		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = l.WaitReady(readyCtx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			fmt.Fprintf(stderr, "regent lab: %v\n", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, "Ctrl-C (or q + Enter) stops the lab.")
+	} else {
+		fmt.Fprintf(stdout, "Cluster %s is healthy. Type k + Enter to kill the primary (kill -9 of its postmaster), q + Enter to quit; Ctrl-C stops the lab too.\n", lab.ClusterName)
 	}
-	fmt.Fprintln(stdout, "Ctrl-C stops the lab.")
+
+	// Key presses arrive as lines; at the end of input (no terminal, CI) the lab keeps running.
+	keys := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(labStdin)
+		for sc.Scan() {
+			select {
+			case keys <- strings.ToLower(strings.TrimSpace(sc.Text())):
+			case <-ctx.Done():
+				return
+			}
+		}
+		close(keys)
+	}()
+	failovers := make(chan string, 4)
+	kill := func() {
+		after := l.LastEventID()
+		k, err := l.KillPrimary()
+		if err != nil {
+			fmt.Fprintf(stdout, "\nregent lab: %v\n", err)
+			return
+		}
+		fmt.Fprintf(stdout, "\n── %s ── killed primary %s (%s, %s:%d): SIGKILL to postmaster pid %d. The witnesses notice within down_after and fail over; watch the table.\n",
+			k.At.Format("15:04:05.000"), k.Node.Name, k.Node.Region, k.Node.Server.Host, k.Node.Server.Port, k.PID)
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			ev, err := l.WaitFailover(wctx, after)
+			if err != nil {
+				if ctx.Err() == nil {
+					failovers <- fmt.Sprintf("no failover finished within 2 minutes: %v (see regent events)", err)
+				}
+				return
+			}
+			failovers <- describeFailover(ev, k.At)
+		}()
+	}
+	if *killPrimary {
+		kill()
+	}
 	addr := l.Configs[0].GRPCAddr
 	last := ""
 	for {
@@ -140,9 +215,61 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		select {
 		case <-ctx.Done():
-			fmt.Fprintln(stdout, "\nstopping the lab…")
 			return 0
+		case msg := <-failovers:
+			fmt.Fprintf(stdout, "\n── %s ── %s\n", time.Now().Format(time.TimeOnly), msg)
+		case key, ok := <-keys:
+			switch {
+			case !ok:
+				keys = nil // end of input: keep running until Ctrl-C
+			case key == "q":
+				return 0
+			case key == "k" && !*noPostgres:
+				kill()
+			case key == "k":
+				fmt.Fprintln(stdout, "regent lab: no PostgreSQL in this lab (--no-postgres): nothing to kill")
+			case key != "":
+				fmt.Fprintln(stdout, "regent lab: type k + Enter to kill the primary, q + Enter to quit")
+			}
 		case <-time.After(*refresh):
 		}
 	}
+}
+
+// describeFailover summarises a finished failover with its steps' times after the kill.
+func describeFailover(ev *regentv1.FailoverEvent, killed time.Time) string {
+	if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
+		return fmt.Sprintf("failover %d aborted: %s (see regent events)", ev.GetId(), ev.GetAbortReason())
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "failover %d completed: %s (%s) → %s (%s); after the kill:", ev.GetId(), ev.GetFromNode(), ev.GetFromRegion(), ev.GetToNode(), ev.GetToRegion())
+	fmt.Fprintf(&b, " decided %+.1fs", ev.GetStartedAt().AsTime().Sub(killed).Seconds())
+	for _, st := range ev.GetSteps() {
+		if name := fsm.StepName(st.GetStep()); name != "decided" {
+			fmt.Fprintf(&b, ", %s %+.1fs", name, st.GetAt().AsTime().Sub(killed).Seconds())
+		}
+	}
+	fmt.Fprintf(&b, " (fence: %s)", ev.GetFenceMethod())
+	if ev.GetPublishError() != "" {
+		fmt.Fprintf(&b, "; DNS not published: %s", ev.GetPublishError())
+	}
+	return b.String()
+}
+
+// linePrefixer writes each line with a prefix.
+type linePrefixer struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p *linePrefixer) Write(b []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if line == "" {
+			continue
+		}
+		if _, err := io.WriteString(p.w, p.prefix+line); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
 }
