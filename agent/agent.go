@@ -60,6 +60,7 @@ type Agent struct {
 	world           coordinator.World
 	sagaOpts        coordinator.SagaOptions
 	beating         map[string]bool // clusters whose heartbeat write is under way
+	leases          *leaseStore
 
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -88,6 +89,10 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 		}
 	}()
 
+	a.leases, err = openLeaseStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	a.metrics = newMetrics()
 	a.fsm = fsm.New()
 	a.store, err = store.Open(store.Config{
@@ -126,6 +131,7 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	a.api = api.New(cfg.NodeName, a.store, a.gossip, logger)
 	a.api.SetReportHandler(a.onReport)
 	a.api.SetFailoverHandler(a.onFailover)
+	a.api.SetLeaseHandlers(a.renewLease, a.revokeLease)
 	a.observer = newObserver(a)
 	a.world = world{a}
 	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)

@@ -495,3 +495,58 @@ func TestHTTPEndpoints(t *testing.T) {
 		}
 	}
 }
+
+func TestLeaseRenewalsAndDurableRevocation(t *testing.T) {
+	c := witnesstest.Start(t, 3, witnesstest.Options{})
+	leader := c.WaitLeader(wait)
+	c.WaitReady(wait)
+	ctx := witnesstest.Context(t, 2*wait)
+	applyRetrying(t, ctx, c, leader, ordersSpec("orders"))
+	renew := func(i int, node string, epoch uint64) *regentv1.RenewLeaseResponse {
+		t.Helper()
+		var resp *regentv1.RenewLeaseResponse
+		witnesstest.Eventually(t, wait, "a renewal answer", func() bool {
+			var err error
+			resp, err = c.Client(i).RenewLease(ctx, &regentv1.RenewLeaseRequest{Cluster: "orders", Node: node, Epoch: epoch})
+			return err == nil && resp.GetCurrentEpoch() != 0 // the witness has applied the cluster
+		})
+		return resp
+	}
+	for i := range c.Agents {
+		if r := renew(i, "pg-us", 1); !r.GetGranted() || r.GetPrimary() != "pg-us" || r.GetWitness() != c.Configs[i].NodeName {
+			t.Errorf("w%d: primary's renewal %v", i+1, r)
+		}
+		if r := renew(i, "pg-eu", 1); r.GetGranted() || !strings.Contains(r.GetReason(), "not the primary") {
+			t.Errorf("w%d granted a standby: %v", i+1, r)
+		}
+		if r := renew(i, "pg-us", 2); r.GetGranted() {
+			t.Errorf("w%d granted an epoch it does not know: %v", i+1, r)
+		}
+	}
+	// w2 revokes epoch 1; it refuses from then on, also after a restart; the others still grant.
+	f := c.Follower(leader)
+	if _, err := c.Client(f).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if r := renew(f, "pg-us", 1); r.GetGranted() || !strings.Contains(r.GetReason(), "revoked") {
+		t.Errorf("revoked epoch granted: %v", r)
+	}
+	c.StopNode(f)
+	c.StartNode(f)
+	if r := renew(f, "pg-us", 1); r.GetGranted() {
+		t.Errorf("revoked epoch granted after a restart: %v", r)
+	}
+	if r := renew(leader, "pg-us", 1); !r.GetGranted() {
+		t.Errorf("a witness that did not revoke refused: %v", r)
+	}
+	// A renewal is answered locally even without a Raft leader.
+	for _, i := range c.Running() {
+		if i != leader {
+			c.StopNode(i)
+		}
+	}
+	witnesstest.Eventually(t, wait, "no leader", func() bool { id, _ := c.Agents[leader].Store().Leader(); return id == "" })
+	if r := renew(leader, "pg-us", 1); !r.GetGranted() {
+		t.Errorf("renewal refused during an election: %v", r)
+	}
+}

@@ -182,8 +182,18 @@ func TestKillPrimaryFailsOverToTheBestStandby(t *testing.T) {
 	if len(ev.GetSteps()) != 6 || ev.GetStartedAt() == nil || ev.GetCompletedAt() == nil || ev.DataLossBytes == nil || ev.GetDataLossExact() {
 		t.Errorf("event lacks its record: steps %v, started %v, completed %v, loss %v exact %v", ev.GetSteps(), ev.GetStartedAt(), ev.GetCompletedAt(), ev.DataLossBytes, ev.GetDataLossExact())
 	}
-	if ev.GetFenceMethod() != "lease_wait" { // a dead postmaster confirms nothing
-		t.Errorf("fence method %q, want lease_wait", ev.GetFenceMethod())
+	if ev.GetFenceMethod() != "lease" { // a dead postmaster confirms nothing: revoke and wait
+		t.Errorf("fence method %q, want lease", ev.GetFenceMethod())
+	}
+	// The old primary's lease epoch is revoked at every witness, and the cluster moved on.
+	for _, i := range r.c.Running() {
+		resp, err := r.c.Client(i).RenewLease(ctx, &regentv1.RenewLeaseRequest{Cluster: "orders", Node: "pg-us", Epoch: 1})
+		if err != nil || resp.GetGranted() {
+			t.Errorf("w%d granted the old primary's epoch after failover: %v %v", i+1, resp, err)
+		}
+	}
+	if c := r.cluster(); c.GetLeaseEpoch() != 2 {
+		t.Errorf("lease epoch %d after one promotion, want 2", c.GetLeaseEpoch())
 	}
 	if !ev.GetPublished() || ev.GetPromotedTimeline() != 2 {
 		t.Errorf("published %v (%s), promoted timeline %d", ev.GetPublished(), ev.GetPublishError(), ev.GetPromotedTimeline())

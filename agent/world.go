@@ -79,6 +79,10 @@ func (w world) Repoint(ctx context.Context, c *regentv1.Cluster, standby, primar
 	return pgops.WaitStreamingFrom(ctx, t, primary.GetHost(), uint16(primary.GetPort()))
 }
 
+func (w world) RevokeLease(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (time.Time, error) {
+	return w.a.revokeAtMajority(ctx, c, ev)
+}
+
 func (w world) Publish(ctx context.Context, c *regentv1.Cluster, primary *regentv1.NodeSpec, prevToken, newToken string) error {
 	d := c.GetDns()
 	k, ok := w.a.cfg.DNSKeys[d.GetTsigKey()]

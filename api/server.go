@@ -46,6 +46,47 @@ type Server struct {
 	conns      map[string]*grpc.ClientConn // leader gRPC address → connection
 	onReport   func(witness string, obs []*regentv1.Observation) error
 	onFailover func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)
+	onRenew    func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse
+	onRevoke   func(*regentv1.RevokeLeaseRequest) error
+}
+
+// SetLeaseHandlers sets how this witness answers lease renewals and revocations.
+func (s *Server) SetLeaseHandlers(renew func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse, revoke func(*regentv1.RevokeLeaseRequest) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onRenew, s.onRevoke = renew, revoke
+}
+
+// RenewLease answers a primary keeper's renewal from this witness alone (never forwarded: the
+// lease must hold while the witnesses elect a leader).
+func (s *Server) RenewLease(ctx context.Context, req *regentv1.RenewLeaseRequest) (*regentv1.RenewLeaseResponse, error) {
+	if req.GetCluster() == "" || req.GetNode() == "" || req.GetEpoch() == 0 {
+		return nil, invalid("cluster, node, epoch", "are required")
+	}
+	s.mu.Lock()
+	h := s.onRenew
+	s.mu.Unlock()
+	if h == nil {
+		return nil, status.Error(codes.Unavailable, "this witness is starting; retry")
+	}
+	return h(req), nil
+}
+
+// RevokeLease records, durably, that this witness grants no more renewals of the epoch.
+func (s *Server) RevokeLease(ctx context.Context, req *regentv1.RevokeLeaseRequest) (*regentv1.RevokeLeaseResponse, error) {
+	if req.GetCluster() == "" || req.GetEpoch() == 0 {
+		return nil, invalid("cluster, epoch", "are required")
+	}
+	s.mu.Lock()
+	h := s.onRevoke
+	s.mu.Unlock()
+	if h == nil {
+		return nil, status.Error(codes.Unavailable, "this witness is starting; retry")
+	}
+	if err := h(req); err != nil {
+		return nil, status.Errorf(codes.Internal, "revoke: %v", err)
+	}
+	return &regentv1.RevokeLeaseResponse{Witness: s.name}, nil
 }
 
 // SetFailoverHandler sets how the leader starts a manual failover (see Failover).

@@ -271,7 +271,7 @@ func cannedState() *regentv1.GetStateResponse {
 		Id: 6, Cluster: "orders", FromRegion: "us-east", ToRegion: "eu-west", FromNode: "pg-us", ToNode: "pg-eu",
 		TriggerReason: "primary unreachable from w1, w3", StartedAt: ago(26 * time.Hour),
 		CompletedAt: ago(26*time.Hour - 4*time.Second), Step: regentv1.FailoverStep_FAILOVER_STEP_COMPLETED,
-		DataLossBytes: loss(18 * 1024), Term: 3, FenceMethod: "lease_wait",
+		DataLossBytes: loss(18 * 1024), Term: 3, FenceMethod: "lease",
 		OldPrimaryLsn: 0x15_00004800, PromotedLsn: 0x15_00000000, PromotedTimeline: 2,
 		PublishError: "dns update for orders.db.example.: NOTAUTH",
 		Notes: []string{

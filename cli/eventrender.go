@@ -167,8 +167,8 @@ func fenceDetail(e *regentv1.FailoverEvent) string {
 		return "sql (old primary set read-only, its client backends terminated)"
 	case "command":
 		return "command (fence_command exited 0)"
-	case "lease_wait":
-		return "lease_wait (no method confirmed; waited lease_ttl for the keeper's lease to lapse)"
+	case "lease":
+		return "lease (no method confirmed; the old primary's lease epoch was revoked at a majority of witnesses and regent waited until it had surely lapsed)"
 	default:
 		return m
 	}

@@ -517,7 +517,7 @@ func TestEventChangeWording(t *testing.T) {
 		want   string
 	}{
 		{func() {}, regentv1.FailoverStep_FAILOVER_STEP_FENCED, "fenced"},
-		{func() { e.FenceMethod = "lease_wait" }, regentv1.FailoverStep_FAILOVER_STEP_FENCED, "fenced (lease_wait)"},
+		{func() { e.FenceMethod = "lease" }, regentv1.FailoverStep_FAILOVER_STEP_FENCED, "fenced (lease)"},
 		{func() {}, regentv1.FailoverStep_FAILOVER_STEP_PROMOTED, "promoted pg-eu"},
 		{func() {}, regentv1.FailoverStep_FAILOVER_STEP_PUBLISHED, "published nothing (no DNS update)"},
 		{func() { e.PublishError = "NOTAUTH" }, regentv1.FailoverStep_FAILOVER_STEP_PUBLISHED, "publish FAILED: NOTAUTH"},

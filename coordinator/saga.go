@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/regentdb/regent/fencing"
 	"github.com/regentdb/regent/fsm"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/spec"
@@ -43,6 +44,10 @@ type World interface {
 	Promote(ctx context.Context, c *regentv1.Cluster, node *regentv1.NodeSpec) (lsn uint64, timeline uint32, err error)
 	// Repoint makes standby stream from primary and confirms it does.
 	Repoint(ctx context.Context, c *regentv1.Cluster, standby, primary *regentv1.NodeSpec) error
+	// RevokeLease has a majority of witnesses durably revoke the cluster's current lease
+	// epoch (the old primary's) and returns when the acknowledgement completing the majority
+	// arrived, by the local clock.
+	RevokeLease(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (lastAck time.Time, err error)
 	// Publish points the cluster's DNS record at primary, guarded by prevToken.
 	Publish(ctx context.Context, c *regentv1.Cluster, primary *regentv1.NodeSpec, prevToken, newToken string) error
 	// RunHook runs an operator command (pre_promote, post_failover) with the event's details
@@ -60,6 +65,9 @@ type SagaOptions struct {
 	// RepointDeadline bounds retries of repointing each standby; a standby still not
 	// following by then is left for later and noted. Default 30s.
 	RepointDeadline time.Duration
+	// RevokeDeadline bounds retries of revoking the old primary's lease at a majority of
+	// witnesses; past it the saga aborts. Default 30s.
+	RevokeDeadline time.Duration
 	// PublishDeadline bounds retries of the DNS update; past it the saga completes with the
 	// failure recorded and alerted. Default 30s.
 	PublishDeadline time.Duration
@@ -73,6 +81,9 @@ func (o SagaOptions) withDefaults() SagaOptions {
 	}
 	if o.RepointDeadline == 0 {
 		o.RepointDeadline = 30 * time.Second
+	}
+	if o.RevokeDeadline == 0 {
+		o.RevokeDeadline = 30 * time.Second
 	}
 	if o.PublishDeadline == 0 {
 		o.PublishDeadline = 30 * time.Second
@@ -228,16 +239,33 @@ func (s *Saga) fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fail
 	if pol.GetFenceFallback() == "refuse" {
 		return s.abort(ctx, ev, "no fence method confirmed and the policy's fence_fallback is refuse ("+note+")")
 	}
-	// Nothing confirmed: wait out the lease, so a keeper-held lease has surely lapsed.
+	// Nothing confirmed: revoke the old primary's lease epoch at a majority of witnesses, then
+	// wait until its keeper has surely fenced itself (fencing/lease.go has the argument). A
+	// primary without a keeper holds no lease; the wait then only bounds how long a paused
+	// old primary could have gone on.
+	var lastAck time.Time
+	err := s.retry(ctx, s.Opts.RevokeDeadline, func(ctx context.Context) error {
+		var err error
+		lastAck, err = s.World.RevokeLease(ctx, c, ev)
+		return err
+	})
+	if errors.Is(err, ErrNotLeading) || ctx.Err() != nil {
+		return err
+	}
+	if err != nil {
+		return s.abort(ctx, ev, fmt.Sprintf("no fence confirmed (%s) and the lease could not be revoked at a majority of witnesses: %v", note, err))
+	}
 	ttl := time.Duration(pol.GetLeaseTtlMs()) * time.Millisecond
-	if err := s.wait(ctx, ttl); err != nil {
+	until := fencing.RevocationSafeAfter(lastAck, ttl, fencing.DefaultDrift)
+	if err := s.wait(ctx, time.Until(until)); err != nil {
 		return err
 	}
 	if err := s.act(ctx); err != nil {
 		return err
 	}
 	return s.advance(ctx, &regentv1.AdvanceFailoverCommand{EventId: ev.GetId(), Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED,
-		FenceMethod: "lease_wait", Note: fmt.Sprintf("no fence confirmed (%s); waited lease_ttl %v", note, ttl)})
+		FenceMethod: "lease", Note: fmt.Sprintf("no fence confirmed (%s); lease epoch %d revoked at a majority, waited lease_ttl %v × (1 + %.2f drift)",
+			note, c.GetLeaseEpoch(), ttl, fencing.DefaultDrift)})
 }
 
 func joinNotes(notes []string) string {

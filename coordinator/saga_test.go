@@ -106,6 +106,11 @@ func (w *fakeWorld) Repoint(_ context.Context, c *regentv1.Cluster, standby, pri
 	return nil
 }
 
+func (w *fakeWorld) RevokeLease(_ context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (time.Time, error) {
+	w.record(fmt.Sprintf("revoke epoch %d", c.GetLeaseEpoch()))
+	return time.Now(), nil
+}
+
 func (w *fakeWorld) Publish(_ context.Context, c *regentv1.Cluster, primary *regentv1.NodeSpec, prev, next string) error {
 	w.record(fmt.Sprintf("publish %s prev=%q next=%q", primary.GetName(), prev, next))
 	return w.publish
@@ -206,11 +211,15 @@ func TestSagaFenceFallback(t *testing.T) {
 			t.Fatal(err)
 		}
 		ev := event(l, id)
-		if ev.GetFenceMethod() != "lease_wait" || ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
+		if ev.GetFenceMethod() != "lease" || ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
 			t.Errorf("event %v", ev)
 		}
-		if len(waited) == 0 || waited[0] != 2500*time.Millisecond {
-			t.Errorf("waited %v, want lease_ttl 2.5s first", waited)
+		if calls := w.Calls(); len(calls) < 2 || calls[1] != "revoke epoch 1" {
+			t.Errorf("calls %v: the lease epoch must be revoked before the wait", calls)
+		}
+		// From the majority's acknowledgement: lease_ttl × (1 + drift), less the instant that passed.
+		if len(waited) == 0 || waited[0] > 2625*time.Millisecond || waited[0] < 2500*time.Millisecond {
+			t.Errorf("waited %v, want about lease_ttl 2.5s × 1.05 first", waited)
 		}
 	})
 	t.Run("refuse", func(t *testing.T) {

@@ -347,9 +347,11 @@ func advanceFailover(tx *txn, cmd *regentv1.AdvanceFailoverCommand) error {
 }
 
 // promote records a promotion in the cluster: to_node is the primary, and the roles of the
-// two nodes say so (the old primary stays fenced until the rejoin flow takes it over).
+// two nodes say so (the old primary stays fenced until the rejoin flow takes it over). The
+// primary's lease starts a new epoch: witnesses grant the old primary's keeper nothing more.
 func promote(c *regentv1.Cluster, ev *regentv1.FailoverEvent) {
 	c.Primary = ev.GetToNode()
+	c.LeaseEpoch++
 	if i, ok := findNodeStatus(c, ev.GetFromNode()); ok {
 		c.NodeStatus[i].Role = regentv1.NodeRole_NODE_ROLE_FENCED
 	}

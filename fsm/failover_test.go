@@ -503,6 +503,7 @@ func TestSagaEffects(t *testing.T) {
 		t.Fatalf("after fenced: %v", ev)
 	}
 	chBefore, _ := f.State()
+	epochBefore := chBefore.Clusters[0].LeaseEpoch
 
 	// promoted: LSN and timeline, primary and roles, channels swapped in place.
 	got := adv(&regentv1.AdvanceFailoverCommand{EventId: 1, Step: stepPromoted, Term: 2, PromotedLsn: 4800, PromotedTimeline: 2}, tick(2))
@@ -521,6 +522,9 @@ func TestSagaEffects(t *testing.T) {
 	if c.Primary != "n2" || roles["n1"] != regentv1.NodeRole_NODE_ROLE_FENCED || roles["n2"] != regentv1.NodeRole_NODE_ROLE_PRIMARY ||
 		roles["n3"] != regentv1.NodeRole_NODE_ROLE_REPLICA {
 		t.Errorf("after promotion: primary %s, roles %v", c.Primary, roles)
+	}
+	if c.LeaseEpoch != epochBefore+1 {
+		t.Errorf("lease epoch %d after a promotion, want %d", c.LeaseEpoch, epochBefore+1)
 	}
 	st, _ := f.State()
 	swapped := func(old *regentv1.ReplicationChannel, p, s string, status regentv1.ChannelStatus) *regentv1.ReplicationChannel {

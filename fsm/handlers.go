@@ -36,6 +36,7 @@ func applyCluster(tx *txn, cmd *regentv1.ApplyClusterCommand) error {
 			Dns:         sp.GetDns(),
 			NodeStatus:  nodeStatus(nil, sp.GetNodes()),
 			SpecVersion: 1,
+			LeaseEpoch:  1,
 			CreatedAt:   tx.now(),
 			UpdatedAt:   tx.now(),
 		}

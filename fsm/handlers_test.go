@@ -143,7 +143,7 @@ func TestApplyClusterCreate(t *testing.T) {
 		t.Errorf("Result.Cluster differs from the stored cluster")
 	}
 	want := &regentv1.Cluster{
-		Name: "orders", Primary: "n2", Nodes: sp.Nodes, Policy: spec.WithDefaults(nil), SpecVersion: 1,
+		Name: "orders", Primary: "n2", Nodes: sp.Nodes, Policy: spec.WithDefaults(nil), SpecVersion: 1, LeaseEpoch: 1,
 		CreatedAt: timestamppb.New(at), UpdatedAt: timestamppb.New(at),
 		NodeStatus: []*regentv1.NodeStatus{{Name: "n1"}, {Name: "n2"}, {Name: "n3"}},
 	}

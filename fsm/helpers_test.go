@@ -323,7 +323,7 @@ func (m *sagaModel) advance(r *rand.Rand) entry {
 		c.Term = m.term
 	}
 	if r.IntN(10) > 0 {
-		c.FenceMethod = []string{"sql", "command", "lease_wait"}[r.IntN(3)]
+		c.FenceMethod = []string{"sql", "command", "lease"}[r.IntN(3)]
 		c.AbortReason = "given up"
 	}
 	if r.IntN(3) == 0 {
