@@ -163,7 +163,7 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 	d := coordinator.Decide(st, c.GetName(), now)
 	if d.Failover {
 		f.a.logger.Warn("primary down: starting failover", "cluster", c.GetName(), "from", c.GetPrimary(), "to", d.Candidate, "reason", d.Reason)
-		if _, err := f.start(f.ctx, c, d.Candidate, d.Reason, d.OldPrimaryLSN, d.EstimatedLossBytes, false, false); err != nil {
+		if _, err := f.start(f.ctx, c, d.Candidate, d.Reason, d.OldPrimaryLSN, d.EstimatedLossBytes, false, false, "regent/"+f.a.cfg.NodeName); err != nil {
 			f.a.logger.Error("start failover", "cluster", c.GetName(), "err", err)
 		}
 		return
@@ -190,12 +190,13 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 	}
 }
 
-// start commits a new saga and drives it.
-func (f *failovers) start(ctx context.Context, c *regentv1.Cluster, to, reason string, oldLSN uint64, loss int64, manual, force bool) (*regentv1.FailoverEvent, error) {
+// start commits a new saga and drives it. actor is the operator of a manual failover, or the
+// witness itself for an automatic one; the FSM audits manual starts under that name.
+func (f *failovers) start(ctx context.Context, c *regentv1.Cluster, to, reason string, oldLSN uint64, loss int64, manual, force bool, actor string) (*regentv1.FailoverEvent, error) {
 	res, err := f.a.store.Propose(ctx, regentv1.CommandType_COMMAND_TYPE_START_FAILOVER, &regentv1.StartFailoverCommand{
 		Cluster: c.GetName(), FromNode: c.GetPrimary(), ToNode: to, TriggerReason: reason, Term: f.a.store.Term(),
 		Manual: manual, Force: force, OldPrimaryLsn: oldLSN, EstimatedLossBytes: loss,
-	}, "regent/"+f.a.cfg.NodeName)
+	}, actor)
 	if err != nil {
 		return nil, err
 	}
@@ -287,5 +288,5 @@ func (a *Agent) onFailover(ctx context.Context, req *regentv1.FailoverRequest, a
 		reason += ": " + req.GetReason()
 	}
 	// The saga outlives the request: it runs under the leader session, not the RPC.
-	return f.start(f.ctx, c, to, reason, oldLSN, loss, true, req.GetForce())
+	return f.start(f.ctx, c, to, reason, oldLSN, loss, true, req.GetForce(), actor)
 }

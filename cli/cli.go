@@ -29,11 +29,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/user"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
@@ -443,7 +445,14 @@ func (r *runner) dial() (regentv1.RegentClient, error) {
 	if r.client != nil {
 		return r.client, nil
 	}
-	conn, err := grpc.NewClient(r.g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	who := Actor()
+	conn, err := grpc.NewClient(r.g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(metadata.AppendToOutgoingContext(ctx, ActorKey, who), method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(metadata.AppendToOutgoingContext(ctx, ActorKey, who), desc, cc, method, opts...)
+		}))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", r.g.addr, err)
 	}
@@ -455,6 +464,26 @@ func (r *runner) dial() (regentv1.RegentClient, error) {
 // callCtx returns the context for one unary request, bounded by --timeout.
 func (r *runner) callCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.ctx, r.g.timeout)
+}
+
+// ActorKey is the gRPC metadata key that names the operator behind a request; the witnesses
+// write it into audit records. (Until the API authenticates callers, it is what the client
+// says.)
+const ActorKey = "regent-actor"
+
+// Actor names the person running the CLI: $USER (or the uid) at the host name.
+func Actor() string {
+	who := os.Getenv("USER")
+	if who == "" {
+		if u, err := user.Current(); err == nil {
+			who = u.Username
+		}
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "unknown-host"
+	}
+	return who + "@" + host
 }
 
 func (r *runner) readOptions() *regentv1.ReadOptions {
