@@ -34,7 +34,7 @@ func TestSummaryAndGoalSkipFailedTrials(t *testing.T) {
 	var out bytes.Buffer
 	printReport(&out, Report{Trials: trials, Summary: s, FailedTrials: 1, FloorMs: 3500, GoalMs: 4500, GoalMet: true,
 		Policy: map[string]any{"down_after_ms": int64(1500), "lease_ttl_ms": int64(2000)}})
-	for _, want := range []string{"FAILED: boom", "floor (down_after + lease_ttl): 3.50s", "met (median 4.00s, 0.50s over the floor)", "first_write  2"} {
+	for _, want := range []string{"FAILED: boom", "floor (down_after + lease_ttl × (1 + drift)): 3.50s", "met (median 4.00s, 0.50s over the floor)", "first_write  2"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
