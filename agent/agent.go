@@ -236,8 +236,10 @@ func (a *Agent) Shutdown() error {
 			a.api.Close()
 		}
 		if a.gossip != nil {
+			// A leave that is not acknowledged in time is not a failure to stop: the others
+			// will notice the witness is gone by failure detection instead.
 			if err := a.gossip.Leave(time.Second); err != nil {
-				errs = append(errs, fmt.Errorf("leave gossip: %w", err))
+				a.logger.Warn("gossip leave not acknowledged in time; the others will detect the departure", "err", err)
 			}
 		}
 		a.wg.Wait()

@@ -71,7 +71,13 @@ func Alerts(prev, next []*regentv1.ReplicationChannel, policies map[string]*rege
 		thr := seconds(thrMs)
 		wasOver := old != nil && old.GetLagSeconds()*1000 > thrMs
 		isOver := ch.GetLagSeconds()*1000 > thrMs
+		// A failed channel has no standby to measure: its lag figure is an extrapolation
+		// from the primary's write rate and swings with it. The status alert says what matters,
+		// so lag alerts are only raised between channels that are not failed.
+		failed := ch.GetStatus() == regentv1.ChannelStatus_CHANNEL_STATUS_FAILED ||
+			old.GetStatus() == regentv1.ChannelStatus_CHANNEL_STATUS_FAILED
 		switch {
+		case failed:
 		case isOver && !wasOver:
 			a := base
 			a.Kind, a.From = AlertLagOverThreshold, a.To

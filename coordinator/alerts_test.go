@@ -91,3 +91,22 @@ func TestAlertFields(t *testing.T) {
 		t.Fatalf("alerts =\n%+v\nwant\n%+v", got, want)
 	}
 }
+
+// A failed channel's lag swings with the primary's write rate; it must not raise lag alerts.
+func TestNoLagAlertsOnAFailedChannel(t *testing.T) {
+	ch := func(status regentv1.ChannelStatus, lag int64) []*regentv1.ReplicationChannel {
+		return []*regentv1.ReplicationChannel{{Cluster: "orders", PrimaryRegion: "eu-west", SecondaryRegion: "us-east", Status: status, LagSeconds: lag}}
+	}
+	failed, active := regentv1.ChannelStatus_CHANNEL_STATUS_FAILED, regentv1.ChannelStatus_CHANNEL_STATUS_ACTIVE
+	pol := map[string]*regentv1.Policy{"orders": {LagAlertThresholdMs: 60000}}
+	if got := Alerts(ch(failed, 68), ch(failed, 10), pol); len(got) != 0 {
+		t.Errorf("failed→failed with a swinging lag: %v", got)
+	}
+	if got := Alerts(ch(failed, 10), ch(failed, 107), pol); len(got) != 0 {
+		t.Errorf("failed→failed with a swinging lag: %v", got)
+	}
+	got := Alerts(ch(failed, 107), ch(active, 0), pol)
+	if len(got) != 1 || got[0].Kind != AlertStatusChanged {
+		t.Errorf("failed→active: %v, want only the status change", got)
+	}
+}
