@@ -1,0 +1,393 @@
+package keeper
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/regentdb/regent/internal/witnesstest"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+)
+
+// stayWritable polls, for d, that the keeper keeps the lease, never fences and that the
+// primary takes writes — time passes under observation, nothing waits on a sleep.
+func stayWritable(t *testing.T, r *rig, k *Keeper, d time.Duration, what string) {
+	t.Helper()
+	ctx := witnesstest.Context(t, d+wait)
+	fencedBefore := k.Status(ctx, false).FencedAt
+	end := time.Now().Add(d)
+	writes := 0
+	for time.Now().Before(end) {
+		if code, body := get(t, k, "/primary"); code != http.StatusOK {
+			t.Fatalf("%s: /primary answered %d %s", what, code, body)
+		}
+		if err := write(ctx, r.primary); err != nil {
+			t.Fatalf("%s: the primary refused a write: %v", what, err)
+		}
+		writes++
+		st := k.Status(ctx, false)
+		if !st.HoldsLease || st.Fenced || !st.FencedAt.Equal(fencedBefore) {
+			t.Fatalf("%s: lease %v fenced %v (%s) fenced at %v", what, st.HoldsLease, st.Fenced, st.FenceReason, st.FencedAt)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval, not synchronisation
+	}
+	t.Logf("%s: %d writes over %v, lease held throughout", what, writes, d)
+}
+
+// (a) the lease is held and /primary is 200; (b) stopping the witness leader, and separately
+// a follower, never fences the primary.
+func TestPrimaryKeepsLeaseWhenAnyOneWitnessStops(t *testing.T) {
+	r := startRig(t)
+	k := startKeeper(t, r.config(t, "pg-us"))
+	waitLease(t, k)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	st := k.Status(ctx, false)
+	if !st.Designated || !st.HoldsLease || st.LeaseEpoch != 1 || st.Fenced || st.Role() != "primary" {
+		t.Fatalf("status after start: %+v", st)
+	}
+	if code, _ := get(t, k, "/read-only"); code != http.StatusOK {
+		t.Errorf("/read-only on the primary: %d", code)
+	}
+	if code, _ := get(t, k, "/replica"); code != http.StatusServiceUnavailable {
+		t.Errorf("/replica on the primary: %d", code)
+	}
+	periods := 3 * testTTL
+
+	leader := r.c.WaitLeader(wait)
+	r.c.StopNode(leader)
+	stayWritable(t, r, k, periods, "witness leader stopped")
+	r.c.StartNode(leader)
+	r.c.WaitLeader(wait)
+
+	leader = r.c.WaitLeader(wait)
+	follower := r.c.Follower(leader)
+	r.c.StopNode(follower)
+	stayWritable(t, r, k, periods, "a follower witness stopped")
+	r.c.StartNode(follower)
+
+	code, body := get(t, k, "/metrics")
+	if code != http.StatusOK || !strings.Contains(body, "regent_keeper_lease_held 1") || !strings.Contains(body, `regent_keeper_renew_rounds_total{outcome="granted"}`) ||
+		strings.Contains(body, `regent_keeper_fences_total{how="sql"}`) {
+		t.Errorf("/metrics %d:\n%s", code, body)
+	}
+}
+
+// (c) with two of three witnesses stopped the keeper fences before its lease deadline, and
+// once they are back it holds the lease again and lifts the fence.
+func TestKeeperFencesWithoutMajorityAndRecovers(t *testing.T) {
+	r := startRig(t)
+	k := startKeeper(t, r.config(t, "pg-us"))
+	waitLease(t, k)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+
+	leader := r.c.WaitLeader(wait)
+	f := r.c.Follower(leader)
+	r.c.StopNode(f)
+	r.c.StopNode(leader)
+
+	var at503 time.Time
+	witnesstest.Eventually(t, wait, "/primary answering 503", func() bool {
+		code, _ := get(t, k, "/primary")
+		at503 = time.Now()
+		return code == http.StatusServiceUnavailable
+	})
+	witnesstest.Eventually(t, wait, "the keeper fencing its server", func() bool {
+		return k.Status(ctx, false).FenceReason == FenceLease
+	})
+	st := k.Status(ctx, false)
+	// The lease as the witnesses count it ends ttl·(1−drift) after the last granted send, by
+	// the keeper's clock; the keeper must have stopped answering 200 and fenced before then.
+	leaseEnd := st.LastGrantedSend.Add(time.Duration(float64(testTTL) * (1 - 0.05)))
+	if !at503.Before(leaseEnd) {
+		t.Errorf("/primary turned 503 at %v, after the lease's end %v", at503.Sub(st.LastGrantedSend), leaseEnd.Sub(st.LastGrantedSend))
+	}
+	if st.FencedAt.IsZero() || st.FencedAt.After(leaseEnd) {
+		t.Errorf("fenced at %v after the last grant, lease ended at %v", st.FencedAt.Sub(st.LastGrantedSend), leaseEnd.Sub(st.LastGrantedSend))
+	}
+	if !st.ReadOnly || !st.PostmasterRunning {
+		t.Errorf("want a running read-only server (SQL fence): %+v", st)
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("write on the fenced primary: %v, want SQLSTATE 25006", err)
+	}
+
+	r.c.StartNode(f)
+	r.c.StartNode(leader)
+	waitLease(t, k)
+	witnesstest.Eventually(t, wait, "writes accepted again", func() bool { return write(ctx, r.primary) == nil })
+	if st := k.Status(ctx, false); st.Fenced || st.FenceReason != FenceNone {
+		t.Errorf("after recovery: %+v", st)
+	}
+}
+
+// (d) a revocation at a majority of witnesses fences the keeper within ttl, for good.
+func TestRevokedLeaseFencesWithinTTL(t *testing.T) {
+	r := startRig(t)
+	k := startKeeper(t, r.config(t, "pg-us"))
+	waitLease(t, k)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+
+	for _, i := range []int{0, 1} {
+		retry(t, ctx, "revoke", func() error {
+			_, err := r.c.Client(i).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+			return err
+		})
+	}
+	acked := time.Now()
+	witnesstest.Eventually(t, wait, "the keeper fencing its server", func() bool {
+		return !k.Status(ctx, false).FencedAt.IsZero()
+	})
+	st := k.Status(ctx, false)
+	if d := st.FencedAt.Sub(acked); d > testTTL {
+		t.Errorf("fenced %v after the revocation, more than ttl %v", d, testTTL)
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("write after the revocation: %v, want SQLSTATE 25006", err)
+	}
+	// One witness still grants epoch 1, a majority refuses: the fence stays.
+	end := time.Now().Add(2 * testTTL)
+	for time.Now().Before(end) {
+		if code, _ := get(t, k, "/primary"); code != http.StatusServiceUnavailable {
+			t.Fatalf("/primary answered %d after the revocation", code)
+		}
+		if st := k.Status(ctx, false); !st.Fenced || st.HoldsLease {
+			t.Fatalf("unfenced after the revocation: %+v", st)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
+	}
+}
+
+// (e) a stale token is refused naming both tokens, an equal one repeats idempotently, and the
+// highest token survives a keeper restart.
+func TestInstructTokens(t *testing.T) {
+	r := startRig(t)
+	cfg := r.config(t, "pg-us")
+	k := startKeeper(t, cfg)
+	waitLease(t, k)
+	ctx := witnesstest.Context(t, 3*time.Minute)
+	kc := keeperClient(t, k)
+	instruct := func(kc regentv1.KeeperClient, term, event uint64, act regentv1.KeeperAction) (*regentv1.InstructResponse, error) {
+		return kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: term, EventId: event}, Action: act, Cluster: "orders", Node: "pg-us"})
+	}
+	fence, unfence := regentv1.KeeperAction_KEEPER_ACTION_FENCE, regentv1.KeeperAction_KEEPER_ACTION_UNFENCE
+
+	resp, err := instruct(kc, 1, 5, fence)
+	if err != nil || !resp.GetDone() || resp.GetHighest().GetEventId() != 5 {
+		t.Fatalf("FENCE (1,5): %v %v", resp, err)
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("write after FENCE: %v, want 25006", err)
+	}
+	waitCode(t, k, "/primary", http.StatusServiceUnavailable)
+	if resp, err := instruct(kc, 1, 5, fence); err != nil || !resp.GetDone() {
+		t.Errorf("repeated FENCE (1,5): %v %v", resp, err)
+	}
+	_, err = instruct(kc, 1, 4, unfence)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "term 1, event 4") || !strings.Contains(err.Error(), "term 1, event 5") {
+		t.Errorf("stale UNFENCE (1,4): %v, want FailedPrecondition naming both tokens", err)
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("the stale UNFENCE lifted the fence: %v", err)
+	}
+	// The instruction fence holds although the lease is renewed all along.
+	if st := k.Status(ctx, false); !st.HoldsLease || st.FenceReason != FenceInstruction {
+		t.Errorf("under the FENCE instruction: %+v", st)
+	}
+	_, err = instruct(kc, 1, 6, regentv1.KeeperAction_KEEPER_ACTION_REJOIN)
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "rejoin lands with the rejoin work") {
+		t.Errorf("REJOIN: %v", err)
+	}
+	if _, err := kc.Instruct(ctx, &regentv1.InstructRequest{Action: fence, Cluster: "orders", Node: "pg-us"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("no token: %v", err)
+	}
+	if _, err := kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 9}, Action: fence, Cluster: "orders", Node: "pg-eu"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("wrong node: %v", err)
+	}
+	resp, err = instruct(kc, 1, 6, unfence)
+	if err != nil || !resp.GetDone() {
+		t.Fatalf("UNFENCE (1,6): %v %v", resp, err)
+	}
+	witnesstest.Eventually(t, wait, "writes after UNFENCE", func() bool { return write(ctx, r.primary) == nil })
+	ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
+	if err != nil || ks.GetHighest().GetTerm() != 1 || ks.GetHighest().GetEventId() != 6 || !ks.GetHoldsLease() || ks.GetFenced() ||
+		!ks.GetPostmasterRunning() || ks.GetInRecovery() || ks.GetFinalLsn() == 0 || ks.GetLeaseEpoch() != 1 || ks.GetNode() != "pg-us" {
+		t.Errorf("KeeperStatus: %v %v", ks, err)
+	}
+
+	// A restart keeps the highest token.
+	if err := k.Shutdown(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("a stopped keeper must leave its primary fenced: %v", err)
+	}
+	k2 := startKeeper(t, cfg)
+	kc2 := keeperClient(t, k2)
+	_, err = instruct(kc2, 1, 5, fence)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "term 1, event 6") {
+		t.Errorf("stale token after a restart: %v", err)
+	}
+	waitLease(t, k2)
+	if resp, err := instruct(kc2, 1, 6, unfence); err != nil || !resp.GetDone() {
+		t.Errorf("equal token after a restart: %v %v", resp, err)
+	}
+	if resp, err := instruct(kc2, 2, 1, fence); err != nil || !resp.GetDone() || resp.GetHighest().GetTerm() != 2 {
+		t.Errorf("newer term: %v %v", resp, err)
+	}
+}
+
+// (f) on a standby: /replica 200 within lag bounds, /primary 503.
+func TestStandbyHealthEndpoints(t *testing.T) {
+	r := startRig(t)
+	k := startKeeper(t, r.config(t, "pg-eu"))
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	waitCode(t, k, "/replica", http.StatusOK)
+	// A replayed commit gives the standby a last-replay timestamp to measure a time lag by.
+	if err := write(ctx, r.primary); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.eu.WaitCaughtUp(ctx, r.primary); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{"/primary": 503, "/master": 503, "/read-only": 200, "/health": 200, "/standby": 200,
+		"/replica?lag=1GB": 200, "/replica?lag=1h": 200, "/replica?lag=lots": 400} {
+		if code, body := get(t, k, path); code != want {
+			t.Errorf("%s: %d %s, want %d", path, code, body, want)
+		}
+	}
+	if _, body := get(t, k, "/primary"); !strings.Contains(body, `"role":"replica"`) || !strings.Contains(body, "pg-us") {
+		t.Errorf("/primary body: %s", body)
+	}
+
+	// Replay paused while the primary writes: received but not replayed WAL grows.
+	if err := r.eu.PauseReplay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.eu.WaitReplayPaused(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.primary.Exec(ctx, "CREATE TABLE lagged AS SELECT g FROM generate_series(1, 10000) g"); err != nil {
+		t.Fatal(err)
+	}
+	waitCode(t, k, "/replica?lag=1", http.StatusServiceUnavailable)
+	waitCode(t, k, "/replica?lag=500ms", http.StatusServiceUnavailable)
+	for path, want := range map[string]int{"/replica?lag=1GB": 200, "/replica?lag=1h": 200, "/replica": 200} {
+		if code, body := get(t, k, path); code != want {
+			t.Errorf("replay paused: %s: %d %s, want %d", path, code, body, want)
+		}
+	}
+	if err := r.eu.ResumeReplay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCode(t, k, "/replica?lag=0", http.StatusOK)
+
+	ks, err := keeperClient(t, k).KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
+	if err != nil || !ks.GetInRecovery() || ks.GetHoldsLease() || ks.GetFenced() || ks.GetFinalLsn() == 0 || !ks.GetPostmasterRunning() {
+		t.Errorf("KeeperStatus on the standby: %v %v", ks, err)
+	}
+	// A standby's keeper never fences it, however long it runs without a lease.
+	if st := k.Status(ctx, false); !st.FencedAt.IsZero() || st.Designated {
+		t.Errorf("standby status: %+v", st)
+	}
+}
+
+// Startup: a stopped designated primary is started writable with the lease; a crashed
+// postmaster is restarted in place; STOP keeps it stopped until RESTART.
+func TestStartupRestartAndStop(t *testing.T) {
+	r := startRig(t)
+	ctx := witnesstest.Context(t, 3*time.Minute)
+	if err := r.primary.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k := startKeeper(t, r.config(t, "pg-us"))
+	waitLease(t, k)
+	if err := write(ctx, r.primary); err != nil {
+		t.Fatalf("write after the keeper started the primary: %v", err)
+	}
+	if k.pg.StartedReadOnly() {
+		t.Error("the designated primary holding the lease was started read-only")
+	}
+
+	pid := postmasterPID(t, r.primary)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	witnesstest.Eventually(t, wait, "a new postmaster", func() bool {
+		b, err := os.ReadFile(filepath.Join(r.primary.DataDir, "postmaster.pid"))
+		return err == nil && !strings.HasPrefix(string(b), strconv.Itoa(pid)+"\n")
+	})
+	waitLease(t, k)
+	witnesstest.Eventually(t, wait, "writes after the crash", func() bool { return write(ctx, r.primary) == nil })
+
+	kc := keeperClient(t, k)
+	resp, err := kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 1, EventId: 1},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_STOP, Cluster: "orders", Node: "pg-us"})
+	if err != nil || !resp.GetDone() {
+		t.Fatalf("STOP: %v %v", resp, err)
+	}
+	end := time.Now().Add(2 * testTTL)
+	for time.Now().Before(end) {
+		if running, err := k.pg.Status(ctx); err != nil || running {
+			t.Fatalf("the keeper restarted a server stopped by instruction (running %v, %v)", running, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
+	}
+	ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
+	if err != nil || ks.GetPostmasterRunning() || !ks.GetFenced() || ks.GetFinalLsn() == 0 || ks.GetCrashRecovery() {
+		t.Errorf("KeeperStatus of the stopped server: %v %v", ks, err)
+	}
+	resp, err = kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 1, EventId: 2},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_RESTART, Cluster: "orders", Node: "pg-us"})
+	if err != nil || !resp.GetDone() {
+		t.Fatalf("RESTART: %v %v", resp, err)
+	}
+	waitLease(t, k)
+	if err := write(ctx, r.primary); err != nil {
+		t.Errorf("write after RESTART: %v", err)
+	}
+}
+
+// Startup without the lease: the witnesses revoked this node's epoch, so the keeper starts
+// the stopped primary read-only and reports it fenced.
+func TestStartupWithoutLeaseStartsReadOnly(t *testing.T) {
+	r := startRig(t)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	if err := r.primary.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 2} {
+		retry(t, ctx, "revoke", func() error {
+			_, err := r.c.Client(i).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+			return err
+		})
+	}
+	k := startKeeper(t, r.config(t, "pg-us"))
+	witnesstest.Eventually(t, wait, "the server started", func() bool {
+		st := k.Status(ctx, false)
+		return st.Answering
+	})
+	st := k.Status(ctx, false)
+	if !st.Fenced || st.HoldsLease || !st.ReadOnly || st.FenceReason != FenceLease || st.Role() != "fenced" {
+		t.Errorf("status: %+v", st)
+	}
+	if !k.pg.StartedReadOnly() {
+		t.Error("started without the read-only option")
+	}
+	if err := write(ctx, r.primary); !isReadOnlyErr(err) {
+		t.Errorf("write: %v, want 25006", err)
+	}
+	if code, body := get(t, k, "/primary"); code != http.StatusServiceUnavailable {
+		t.Errorf("/primary: %d %s", code, body)
+	}
+	if code, _ := get(t, k, "/read-only"); code != http.StatusOK {
+		t.Errorf("/read-only: %d", code)
+	}
+}
