@@ -43,8 +43,7 @@ type Keeper struct {
 	lease            leaseState
 	policyTTL        time.Duration // the cluster policy's lease_ttl, 0 until read
 	members          int           // witnesses in the Raft configuration, 0 until read
-	lastInRecovery   time.Time     // last time the server was seen unable to take writes as a standby
-	last             observation   // the newest observation
+	lastInRecovery   time.Time     // last time the server was seen in recovery (or with standby.signal)
 	running          bool          // the last pg_ctl status
 	designationKnown bool
 	designationCh    chan struct{} // closed once designationKnown
@@ -104,7 +103,8 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 	}
 	k.running = running
 	k.obs = &observer{target: k.target}
-	k.lease.epoch = k.state.Get().LeaseEpoch
+	// Every cluster's first epoch is 1; a restarted keeper renews the last one it learned.
+	k.lease.epoch = max(k.state.Get().LeaseEpoch, 1)
 	if k.pg.logPath == "" {
 		k.pg.logPath = filepath.Join(cfg.StateDir, "postgresql.log")
 	}
@@ -187,7 +187,7 @@ func (k *Keeper) Shutdown() error {
 		k.actMu.Lock()
 		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 		o := k.observe(ctx, time.Second)
-		if o.Writable() || (!o.OK && !o.Starting && k.isRunning()) {
+		if o.Writable() || (!o.OK && !o.Starting && k.isRunning() && !k.pg.StartedReadOnly() && !k.pg.StandbyConfigured()) {
 			k.log.Info("keeper stopping: fencing the server, which no keeper will fence at the lease's end")
 			if err := k.fence(ctx, FenceLease, 10*time.Second); err != nil {
 				k.shutdownErr = err
@@ -262,9 +262,6 @@ func (k *Keeper) observe(ctx context.Context, timeout time.Duration) observation
 	if o.OK || o.Starting {
 		k.running = true
 	}
-	if !o.At.Before(k.last.At) {
-		k.last = o
-	}
 	return o
 }
 
@@ -336,21 +333,37 @@ func (k *Keeper) viewNow(now time.Time) view {
 // reconcile makes the server agree with the lease and the keeper's marks: fence a server that
 // may take writes past its obligation (or under a FENCE instruction), lift the keeper's own
 // fence once the lease is held cleanly, and restart a stopped designated primary. urgent
-// (the obligation deadline) keeps the observation short: the fence must fit in the margin.
+// (the obligation deadline) fences at once if the deadline has indeed passed.
 func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 	k.actMu.Lock()
 	defer k.actMu.Unlock()
 	if ctx.Err() != nil {
 		return
 	}
-	timeout := time.Second
-	running := k.isRunning()
 	if urgent {
-		timeout = max(k.cfg.FenceMargin.Duration/4, 20*time.Millisecond)
-	} else {
-		running = k.checkRunning(ctx)
+		// The obligation deadline: no time for a look first. fence checks for recovery
+		// itself and is idempotent; the margin is its budget.
+		now := time.Now()
+		if k.pg.StandbyConfigured() {
+			// standby.signal: it cannot be taking writes (see observe).
+			k.mu.Lock()
+			k.lastInRecovery = now
+			k.mu.Unlock()
+			return
+		}
+		if v := k.viewNow(now); !now.Before(v.obligation) && k.isRunning() {
+			reason := FenceLease
+			if k.state.Get().Fence == FenceInstruction {
+				reason = FenceInstruction
+			}
+			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil {
+				k.log.Error("COULD NOT FENCE the server: it may take writes without a lease", "err", err)
+			}
+		}
+		return
 	}
-	o := k.observe(ctx, timeout)
+	running := k.checkRunning(ctx)
+	o := k.observe(ctx, time.Second)
 	running = running || o.OK || o.Starting
 	now := time.Now()
 	v := k.viewNow(now)
@@ -375,7 +388,9 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 		case o.OK && o.InRecovery, o.Starting:
 			// A standby, or a server that refuses connections while it starts or stops:
 			// it takes no writes now.
-		case o.OK && o.ReadOnly:
+		case o.OK && o.ReadOnly, !o.OK && k.pg.StartedReadOnly():
+			// Read-only for new sessions (or started with the read-only option, when the
+			// keeper cannot log in to look): fencing again would only restart it.
 			if st.Fence == FenceNone {
 				// Fenced by someone else (the leader's SQL fence, a read-only start): the
 				// keeper keeps it so until it holds the lease again.
@@ -386,7 +401,7 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 			if instructed {
 				reason = FenceInstruction
 			}
-			if err := k.fence(ctx, reason, max(k.cfg.FenceMargin.Duration/2, 50*time.Millisecond)); err != nil {
+			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil {
 				k.log.Error("COULD NOT FENCE the server: it may take writes without a lease", "err", err)
 			}
 		}
@@ -401,6 +416,16 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 		}
 	}
 }
+
+// sqlFenceBudget is how much of the fence margin the SQL fence may use before the keeper
+// stops the server instead: all but stopReserve (pg_ctl stop -m immediate signals the
+// postmaster within a few milliseconds of starting), and at least half.
+func sqlFenceBudget(margin time.Duration) time.Duration {
+	return max(margin-stopReserve, margin/2)
+}
+
+// stopReserve is the part of the fence margin kept for the immediate stop.
+const stopReserve = 50 * time.Millisecond
 
 // setFence records the keeper's fence mark.
 func (k *Keeper) setFence(reason FenceReason, epoch uint64) {

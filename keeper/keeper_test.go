@@ -391,3 +391,43 @@ func TestStartupWithoutLeaseStartsReadOnly(t *testing.T) {
 		t.Errorf("/read-only: %d", code)
 	}
 }
+
+// When the SQL fence cannot work (here the keeper's login is wrong), the keeper stops the
+// server immediately, then — this node still being the designated primary — starts it again
+// read-only and leaves it so.
+func TestFenceFallsBackToImmediateStop(t *testing.T) {
+	r := startRig(t)
+	cfg := r.config(t, "pg-us")
+	cfg.Postgres.User = "no_such_role"
+	k := startKeeper(t, cfg)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	witnesstest.Eventually(t, wait, "the lease", func() bool { return k.Status(ctx, false).HoldsLease })
+	pid := postmasterPID(t, r.primary)
+	for _, i := range []int{0, 2} {
+		retry(t, ctx, "revoke", func() error {
+			_, err := r.c.Client(i).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+			return err
+		})
+	}
+	witnesstest.Eventually(t, wait, "a stop, then a read-only start", func() bool {
+		if running, _ := k.pg.Status(ctx); !running || !k.pg.StartedReadOnly() {
+			return false
+		}
+		return isReadOnlyErr(write(ctx, r.primary))
+	})
+	if postmasterPID(t, r.primary) == pid {
+		t.Fatal("the postmaster was not stopped")
+	}
+	if _, body := get(t, k, "/metrics"); !strings.Contains(body, `regent_keeper_fences_total{how="stop"} 1`) {
+		t.Errorf("metrics: want one fence by stop:\n%s", body)
+	}
+	// It stays up read-only: no stop/start loop although the keeper still cannot log in.
+	pid = postmasterPID(t, r.primary)
+	end := time.Now().Add(2 * testTTL)
+	for time.Now().Before(end) {
+		if running, err := k.pg.Status(ctx); err != nil || !running || postmasterPID(t, r.primary) != pid {
+			t.Fatalf("the read-only server was stopped again (running %v, %v)", running, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
+	}
+}

@@ -221,7 +221,7 @@ func (k *Keeper) renewLoop(ctx context.Context) {
 // whether another round should go out at once (a newer epoch naming this node was learned).
 func (k *Keeper) round(ctx context.Context, sent time.Time) (again bool) {
 	k.mu.Lock()
-	epoch := max(k.lease.epoch, 1)
+	epoch := k.lease.epoch
 	need := k.needLocked()
 	every := fencing.RenewEvery(k.ttlLocked())
 	k.mu.Unlock()
