@@ -43,9 +43,10 @@ type RewindOptions struct {
 	// pg_ident.conf (those in the data directory) are put back afterwards: a rewind changes data,
 	// not the node's configuration.
 	SourceConfig bool
-	// KeepSlots keeps the replication slots the node had as a primary. By default they are
-	// removed after a rewind: pg_rewind leaves pg_replslot alone, and a slot left over from the
-	// old timeline would hold back WAL removal on the standby for ever.
+	// KeepSlots keeps the replication slots the node had as a primary, where Rewind would
+	// remove them: a slot left over from the old timeline would hold back WAL removal on the
+	// standby for ever. pg_rewind 14 and later empties pg_replslot itself when it rewinds;
+	// Rewind removes what is left (after "no rewind required", or with older versions).
 	KeepSlots bool
 	// Logger receives progress messages (never a password); nil logs nothing.
 	Logger *slog.Logger
@@ -361,9 +362,8 @@ func classifyRewind(out string) (rewindFailure, string) {
 // The source role needs superuser (or EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file
 // and pg_read_binary_file with offsets, plus pg_checkpoint) and, for a re-clone, REPLICATION.
 // Cancelling ctx while pg_rewind copies leaves the data directory damaged: re-clone it then.
-func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (Result, error) {
+func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (res Result, err error) {
 	started := time.Now()
-	var res Result
 	defer func() { res.Timings.Total = time.Since(started) }()
 	if err := l.validate(); err != nil {
 		return res, err
@@ -562,9 +562,8 @@ func removeSlots(dataDir string) ([]string, error) {
 // DataDir may also be missing or empty (a previous Reclone that failed): it is cloned into
 // directly. A failed pg_basebackup empties DataDir again; call Reclone again once the cause is
 // fixed. The file system needs room for the aside copy and the clone.
-func Reclone(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (Result, error) {
+func Reclone(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (res Result, err error) {
 	started := time.Now()
-	var res Result
 	defer func() { res.Timings.Total = time.Since(started) }()
 	if err := l.validate(); err != nil {
 		return res, err

@@ -1,0 +1,359 @@
+package rejoin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/regentdb/regent/pgconnect"
+	"github.com/regentdb/regent/pgops"
+	"github.com/regentdb/regent/pgtest"
+)
+
+// benchPassword has a quote, a backslash, a colon and a space: each needs escaping somewhere
+// (conninfo, postgresql.auto.conf, the password file).
+const benchPassword = `p'w\:x y`
+
+const lostRows = 25
+
+func target(b *pgtest.Bench, s *pgtest.Server) pgconnect.Target {
+	return pgconnect.Target{Host: s.Host, Port: uint16(s.Port), User: pgtest.SuperUser, Password: b.Password(),
+		SSLMode: "disable", Node: s.Name, Cluster: "orders"}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tlogWriter struct{ t *testing.T }
+
+func (w tlogWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// failover builds the scene every test starts from: a table on the primary and its standby;
+// the standby stopped; lostRows rows committed on the primary, one per transaction; the primary
+// killed with SIGKILL; the standby started and promoted. It returns the ids of the rows (which
+// the new primary never received), the position the promoted standby had replayed on the old
+// timeline, and the primary's flushed WAL position after its last commit.
+func failover(t *testing.T, ctx context.Context, b *pgtest.Bench) (ids []int64, replayed, flushed uint64) {
+	t.Helper()
+	old, s1 := b.Primary, b.Standbys[0]
+	if err := old.Exec(ctx, `CREATE TABLE `+pgtest.LoadTable+` (id bigserial PRIMARY KEY,
+		at timestamptz NOT NULL DEFAULT clock_timestamp(), payload text)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.WaitCaughtUp(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := old.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < lostRows; i++ {
+		var id int64
+		// Autocommit: one transaction, so one COMMIT record, per row.
+		if err := c.QueryRow(ctx, `INSERT INTO `+pgtest.LoadTable+` (payload) VALUES (repeat('x', 300)) RETURNING id`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	var lsn string
+	if err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(context.Background())
+	if flushed, err = ParseLSN(lsn); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Kill9(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s1.LSNs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ids, l.Replayed, flushed
+}
+
+// guardClosed dials addr until stop is called and fails the test if a connection is ever
+// accepted: the old primary must not listen while it is rewound.
+func guardClosed(t *testing.T, addr string) (stop func() int) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	dials := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+			mu.Lock()
+			dials++
+			mu.Unlock()
+			if err == nil {
+				c.Close()
+				t.Errorf("%s accepted a connection while it was being rewound", addr)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("dialling %s: %v, want connection refused", addr, err)
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() int {
+		close(done)
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return dials
+	}
+}
+
+// checkRecordEnds checks the page arithmetic behind FinalLSN against PostgreSQL's own WAL:
+// for every record pg_waldump reads in pg_wal, the computed end is where the next record starts.
+func checkRecordEnds(t *testing.T, ctx context.Context, l Local) {
+	t.Helper()
+	u, err := l.resolveUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd, err := u.controlData(ctx, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := cd.layout()
+	walDir := filepath.Join(l.DataDir, "pg_wal")
+	segs, err := listSegments(walDir, w.segSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first *segFile
+	for i, s := range segs {
+		if s.tli == cd.Timeline && plausibleSegment(filepath.Join(walDir, s.name), s, w.segSize) && (first == nil || s.segno < first.segno) {
+			first = &segs[i]
+		}
+	}
+	if first == nil {
+		t.Fatal("no WAL segment found")
+	}
+	var recs []walRecord
+	_, _, startErr := u.scanLines(ctx, l, u.childEnv(), func(line []byte) {
+		if bytes.HasPrefix(line, []byte("rmgr: ")) {
+			r, err := parseRecord(line)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			recs = append(recs, r)
+		}
+	}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", cd.Timeline), "--start="+FormatLSN(first.segno*w.segSize))
+	if startErr != nil {
+		t.Fatal(startErr)
+	}
+	crossing, switches := 0, 0
+	for i := 0; i+1 < len(recs); i++ {
+		r := recs[i]
+		end := w.end(r)
+		if got, want := w.nextRecordStart(end), recs[i+1].lsn; got != want {
+			t.Fatalf("record at %s (%s, %d bytes): computed end %s, but the next record starts at %s", FormatLSN(r.lsn), r.rmgr, r.totLen, FormatLSN(end), FormatLSN(want))
+		}
+		if r.lsn/w.blockSize != (r.lsn+r.totLen-1)/w.blockSize {
+			crossing++
+		}
+		if r.rmgr == "XLOG" && strings.HasPrefix(r.desc, "SWITCH") {
+			switches++
+		}
+	}
+	t.Logf("checked the end of %d WAL records: %d cross a page boundary, %d are WAL switches", len(recs), crossing, switches)
+	if len(recs) < 100 || crossing == 0 {
+		t.Errorf("the WAL checked is too small to mean anything (%d records, %d crossing pages)", len(recs), crossing)
+	}
+}
+
+func TestRejoinAfterFailover(t *testing.T) {
+	b := pgtest.Start(t, pgtest.Options{Standbys: 1, PasswordAuth: true, Password: benchPassword,
+		// No autovacuum: the only transactions committed after the standby stops are the test's.
+		Settings: map[string]string{"autovacuum": "off"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	old, s1 := b.Primary, b.Standbys[0]
+	local := Local{BinDir: b.BinDir(), DataDir: old.DataDir}
+	oldT, newT := target(b, old), target(b, s1)
+
+	t.Run("refused while running", func(t *testing.T) {
+		if _, err := Rewind(ctx, local, newT, RewindOptions{}); !errors.Is(err, ErrRunning) {
+			t.Errorf("Rewind of a running server: %v, want ErrRunning", err)
+		}
+		if err := ConfigureStandby(local, ConninfoFor(newT, ""), ""); !errors.Is(err, ErrRunning) {
+			t.Errorf("ConfigureStandby of a running server: %v, want ErrRunning", err)
+		}
+	})
+
+	ids, replayed, flushed := failover(t, ctx, b)
+
+	final, tli, err := FinalLSN(ctx, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fork, err := ForkPoint(ctx, newT, tli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("old primary: final LSN %s on timeline %d (flushed %s before the kill); fork point %s (the standby had replayed %s)",
+		FormatLSN(final), tli, FormatLSN(flushed), FormatLSN(fork), FormatLSN(replayed))
+	if tli != 1 {
+		t.Errorf("old primary's timeline = %d, want 1", tli)
+	}
+	if fork != replayed {
+		t.Errorf("fork point %s, but the promoted standby had replayed up to %s", FormatLSN(fork), FormatLSN(replayed))
+	}
+	if final <= fork {
+		t.Errorf("final LSN %s is not after the fork point %s", FormatLSN(final), FormatLSN(fork))
+	}
+	if final < flushed {
+		t.Errorf("final LSN %s is before the position %s flushed after the last commit", FormatLSN(final), FormatLSN(flushed))
+	}
+	if got, want := DataLossBytes(final, fork), int64(final-fork); got != want {
+		t.Errorf("DataLossBytes = %d, want %d", got, want)
+	}
+	n, err := LostTransactions(ctx, local, fork, final, tli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != lostRows {
+		t.Errorf("LostTransactions = %d, want %d (one per row committed after the standby stopped)", n, lostRows)
+	}
+	if _, err := ForkPoint(ctx, newT, 2); !errors.Is(err, ErrSameTimeline) {
+		t.Errorf("ForkPoint for the new primary's own timeline: %v, want ErrSameTimeline", err)
+	}
+
+	loss, err := Measure(ctx, local, newT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loss.FinalLSN != final || loss.Timeline != tli || loss.ForkLSN != fork || loss.NewTimeline != 2 ||
+		loss.Bytes != int64(final-fork) || loss.Transactions != lostRows || loss.WAL.Commits != lostRows ||
+		loss.WAL.CommitsPrepared != 0 || loss.WAL.Aborts != 0 {
+		t.Errorf("Measure = %+v, want final %s, fork %s, %d transactions", loss, FormatLSN(final), FormatLSN(fork), lostRows)
+	}
+	if loss.WAL.FirstCommit.IsZero() || loss.WAL.LastCommit.Before(loss.WAL.FirstCommit) || time.Since(loss.WAL.LastCommit) > 10*time.Minute {
+		t.Errorf("commit times %v .. %v are implausible", loss.WAL.FirstCommit, loss.WAL.LastCommit)
+	}
+
+	t.Run("record ends", func(t *testing.T) { checkRecordEnds(t, ctx, local) })
+
+	if err := CreateSlot(ctx, newT, "primary_slot"); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateSlot(ctx, newT, "primary_slot"); err != nil {
+		t.Fatalf("CreateSlot is not idempotent: %v", err)
+	}
+	// The old primary's slot for its standby survived the crash; it must not survive the rejoin.
+	if _, err := os.Stat(filepath.Join(local.DataDir, "pg_replslot", "standby1_slot")); err != nil {
+		t.Fatalf("the old primary has no slot for its standby before the rewind: %v", err)
+	}
+	stop := guardClosed(t, net.JoinHostPort(old.Host, strconv.Itoa(old.Port)))
+	res, err := Rewind(ctx, local, newT, RewindOptions{Logger: testLogger(t)})
+	dials := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rewind: method %s, timings %+v, %d connection attempts refused meanwhile, slots removed %v", res.Method, res.Timings, dials, res.RemovedSlots)
+	if res.Method != MethodRewind || !res.CrashRecovered || res.SourceTimeline != 2 || res.AsideDir != "" {
+		t.Errorf("Rewind = method %s, crash recovered %v, source timeline %d, aside %q; want a rewind after crash recovery from timeline 2",
+			res.Method, res.CrashRecovered, res.SourceTimeline, res.AsideDir)
+	}
+	// PostgreSQL's own account of where the old primary's WAL ended must be FinalLSN's, and
+	// single-user mode never opened for connections.
+	if !strings.Contains(res.CrashRecoveryLog, "automatic recovery in progress") ||
+		!strings.Contains(res.CrashRecoveryLog, " at "+FormatLSN(final)+":") {
+		t.Errorf("crash recovery log does not show recovery ending at %s:\n%s", FormatLSN(final), res.CrashRecoveryLog)
+	}
+	if strings.Contains(res.CrashRecoveryLog, "ready to accept connections") {
+		t.Errorf("crash recovery accepted connections:\n%s", res.CrashRecoveryLog)
+	}
+	if strings.Contains(res.RewindLog, benchPassword) || strings.Contains(res.CrashRecoveryLog, benchPassword) {
+		t.Error("a log holds the password")
+	}
+
+	if err := ConfigureStandby(local, ConninfoFor(newT, "rejoined"), "primary_slot"); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(local.DataDir, "postgresql.auto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("postgresql.auto.conf has mode %v, want 0600", fi.Mode().Perm())
+	}
+	if err := old.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgops.WaitStreamingFrom(ctx, oldT, s1.Host, uint16(s1.Port)); err != nil {
+		t.Fatal(err)
+	}
+	if tl, err := old.Timeline(ctx); err != nil || tl != 2 {
+		t.Errorf("the rejoined node receives timeline %d (%v), want 2", tl, err)
+	}
+	var slotUser string
+	if err := s1.QueryRow(ctx, "SELECT coalesce((SELECT application_name FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'primary_slot'), '')").Scan(&slotUser); err != nil {
+		t.Fatal(err)
+	}
+	if slotUser != "rejoined" {
+		t.Errorf("the slot primary_slot is used by %q, want the rejoined node", slotUser)
+	}
+
+	// The rows committed after the fork are gone from both servers, and the rejoined node
+	// follows new writes.
+	if err := s1.Exec(ctx, `INSERT INTO `+pgtest.LoadTable+` (id, payload) VALUES (-1, 'after')`); err != nil { // an id the lost rows cannot have
+		t.Fatal(err)
+	}
+	if err := old.WaitCaughtUp(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*pgtest.Server{s1, old} {
+		missing, err := s.MissingRows(ctx, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(missing, ids) {
+			t.Errorf("rows missing on %s: %v, want all %d lost rows %v", s.Name, missing, len(ids), ids)
+		}
+	}
+	var after, slots int
+	if err := old.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgtest.LoadTable+` WHERE payload = 'after'), (SELECT count(*) FROM pg_replication_slots)`).Scan(&after, &slots); err != nil {
+		t.Fatal(err)
+	}
+	if after != 1 || slots != 0 {
+		t.Errorf("on the rejoined node: %d rows written after the failover (want 1), %d replication slots (want 0)", after, slots)
+	}
+}
