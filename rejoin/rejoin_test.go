@@ -357,3 +357,110 @@ func TestRejoinAfterFailover(t *testing.T) {
 		t.Errorf("on the rejoined node: %d rows written after the failover (want 1), %d replication slots (want 0)", after, slots)
 	}
 }
+
+// TestRecloneWhenRewindImpossible runs the bench without wal_log_hints (and, as initdb does by
+// default, without data checksums): pg_rewind then refuses the old primary for real, and only a
+// re-clone can bring it back.
+func TestRecloneWhenRewindImpossible(t *testing.T) {
+	b := pgtest.Start(t, pgtest.Options{Standbys: 1, PasswordAuth: true, Password: benchPassword,
+		Settings: map[string]string{"autovacuum": "off", "wal_log_hints": "off"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	old, s1 := b.Primary, b.Standbys[0]
+	local := Local{BinDir: b.BinDir(), DataDir: old.DataDir}
+	oldT, newT := target(b, old), target(b, s1)
+
+	ids, _, _ := failover(t, ctx, b)
+	loss, err := Measure(ctx, local, newT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loss.Transactions != lostRows || loss.Bytes <= 0 {
+		t.Errorf("Measure = %+v, want %d lost transactions", loss, lostRows)
+	}
+	ownAutoConf, err := os.ReadFile(filepath.Join(local.DataDir, "postgresql.auto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("another cluster is refused", func(t *testing.T) {
+		other, err := b.NewPrimary(ctx, "other")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Stop(ctx)
+		for name, f := range map[string]func() (Result, error){
+			"Rewind":  func() (Result, error) { return Rewind(ctx, local, target(b, other), RewindOptions{AllowReclone: true}) },
+			"Reclone": func() (Result, error) { return Reclone(ctx, local, target(b, other), RewindOptions{}) },
+		} {
+			if res, err := f(); !errors.Is(err, ErrDifferentSystem) || res.AsideDir != "" || res.CrashRecovered {
+				t.Errorf("%s from another cluster: %v (result %+v), want ErrDifferentSystem and nothing done", name, err, res)
+			}
+		}
+		cd, err := ReadControlData(ctx, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cd.State != StateInProduction {
+			t.Errorf("the old primary's state is %q after refusals, want it untouched (%q)", cd.State, StateInProduction)
+		}
+	})
+
+	res, err := Rewind(ctx, local, newT, RewindOptions{})
+	if !errors.Is(err, ErrRewindImpossible) || !strings.Contains(err.Error(), "wal_log_hints") {
+		t.Fatalf("Rewind without wal_log_hints: %v, want ErrRewindImpossible naming wal_log_hints", err)
+	}
+	if !res.CrashRecovered || res.Method != "" || res.AsideDir != "" {
+		t.Errorf("refused Rewind: %+v, want crash recovery done and nothing else", res)
+	}
+	t.Logf("refused: %v", err)
+	cd, err := ReadControlData(ctx, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cd.State != StateShutDown || cd.WALLogHints || cd.DataChecksums {
+		t.Errorf("after the refusal: state %q, wal_log_hints %v, checksums %v; want a clean shutdown of a cluster without either", cd.State, cd.WALLogHints, cd.DataChecksums)
+	}
+
+	if err := CreateSlot(ctx, newT, "primary_slot"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Rewind(ctx, local, newT, RewindOptions{AllowReclone: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("re-clone: timings %+v, aside %s", res.Timings, res.AsideDir)
+	if res.Method != MethodReclone || res.CrashRecovered || !strings.Contains(res.RewindImpossible, "wal_log_hints") || res.AsideDir == "" {
+		t.Errorf("Rewind with AllowReclone = %+v, want a re-clone because of wal_log_hints", res)
+	}
+	if _, err := os.Stat(filepath.Join(res.AsideDir, "PG_VERSION")); err != nil {
+		t.Errorf("the old data directory was not kept aside: %v", err)
+	}
+	// The node's own postgresql.auto.conf is back (the source's has pg_basebackup -R's
+	// primary_conninfo pointing at the dead old primary).
+	if got, err := os.ReadFile(filepath.Join(local.DataDir, "postgresql.auto.conf")); err != nil || !bytes.Equal(got, ownAutoConf) {
+		t.Errorf("postgresql.auto.conf after the re-clone is %q (%v), want the node's own %q", got, err, ownAutoConf)
+	}
+
+	if err := ConfigureStandby(local, ConninfoFor(newT, "rejoined"), "primary_slot"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgops.WaitStreamingFrom(ctx, oldT, s1.Host, uint16(s1.Port)); err != nil {
+		t.Fatal(err)
+	}
+	if tl, err := old.Timeline(ctx); err != nil || tl != 2 {
+		t.Errorf("the re-cloned node receives timeline %d (%v), want 2", tl, err)
+	}
+	for _, s := range []*pgtest.Server{s1, old} {
+		missing, err := s.MissingRows(ctx, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(missing, ids) {
+			t.Errorf("rows missing on %s: %v, want all %d lost rows", s.Name, missing, len(ids))
+		}
+	}
+}
