@@ -252,6 +252,10 @@ func TestRejoinAfterFailover(t *testing.T) {
 	if n != lostRows {
 		t.Errorf("LostTransactions = %d, want %d (one per row committed after the standby stopped)", n, lostRows)
 	}
+	// WAL from before the oldest segment left in pg_wal cannot be counted.
+	if _, err := LostTransactions(ctx, local, 0x100, final, tli); !errors.Is(err, ErrWALMissing) {
+		t.Errorf("LostTransactions from a removed segment: %v, want ErrWALMissing", err)
+	}
 	if _, err := ForkPoint(ctx, newT, 2); !errors.Is(err, ErrSameTimeline) {
 		t.Errorf("ForkPoint for the new primary's own timeline: %v, want ErrSameTimeline", err)
 	}
