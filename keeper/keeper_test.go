@@ -13,7 +13,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/regentdb/regent/internal/freeport"
 	"github.com/regentdb/regent/internal/witnesstest"
+	"github.com/regentdb/regent/pgtest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
@@ -429,5 +431,42 @@ func TestFenceFallsBackToImmediateStop(t *testing.T) {
 			t.Fatalf("the read-only server was stopped again (running %v, %v)", running, err)
 		}
 		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
+	}
+}
+
+// A keeper that cannot reach any witness has no lease: it fences the running primary it
+// finds (after waiting 2·ttl for an answer) and never reports it as primary.
+func TestNoWitnessesNoWrites(t *testing.T) {
+	b := pgtest.Start(t, pgtest.Options{})
+	s := b.Primary
+	var ws []string
+	for range 3 {
+		a, err := freeport.Addr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, a) // nothing listens there
+	}
+	r := &rig{bench: b, primary: s, nodes: map[string]*pgtest.Server{"pg-us": s}}
+	r.c = &witnesstest.Cluster{}
+	cfg := r.config(t, "pg-us")
+	cfg.Witnesses = ws
+	k := startKeeper(t, cfg)
+	ctx := witnesstest.Context(t, time.Minute)
+	witnesstest.Eventually(t, wait, "the keeper fencing its server", func() bool {
+		return k.Status(ctx, false).FenceReason == FenceLease
+	})
+	if err := write(ctx, s); !isReadOnlyErr(err) {
+		t.Errorf("write: %v, want 25006", err)
+	}
+	st := k.Status(ctx, false)
+	if st.HoldsLease || st.Designated || st.FenceReason != FenceLease || st.Role() != "fenced" {
+		t.Errorf("status: %+v", st)
+	}
+	if code, _ := get(t, k, "/primary"); code != http.StatusServiceUnavailable {
+		t.Errorf("/primary: %d", code)
+	}
+	if _, body := get(t, k, "/metrics"); !strings.Contains(body, `regent_keeper_renew_rounds_total{outcome="no_quorum"}`) {
+		t.Errorf("metrics: %s", body)
 	}
 }

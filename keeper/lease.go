@@ -100,10 +100,6 @@ type leaseState struct {
 	// clean: the last finished round was granted by a majority and no witness in it named
 	// another primary; only then may the keeper lift a lease fence.
 	clean bool
-	// lastRound is when the last round finished and what it came to.
-	lastRound        time.Time
-	lastOutcome      string
-	lastGranted, out int
 }
 
 // witnesses holds one gRPC connection per configured witness.
@@ -261,9 +257,7 @@ func (k *Keeper) round(ctx context.Context, sent time.Time) (again bool) {
 	k.metrics.rounds.WithLabelValues(outcome).Inc()
 
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	wasClean := k.lease.clean
-	k.lease.lastRound, k.lease.lastOutcome, k.lease.lastGranted, k.lease.out = time.Now(), outcome, t.Granted, t.Answered
 	k.lease.clean = t.Granted >= need && t.Other == ""
 	if t.Answered >= need {
 		k.lease.known = true
@@ -274,12 +268,11 @@ func (k *Keeper) round(ctx context.Context, sent time.Time) (again bool) {
 	if t.Answered > 0 {
 		k.lease.designated = k.lease.primary == k.cfg.NodeName && t.Other == ""
 	}
+	var learned uint64
 	if k.lease.designated && k.lease.seenEpoch > k.lease.epoch {
 		k.log.Info("the witnesses name this node primary at a newer lease epoch", "epoch", k.lease.seenEpoch, "was", k.lease.epoch)
 		k.lease.epoch = k.lease.seenEpoch
-		again = true
-		ep := k.lease.epoch
-		go k.persistEpoch(ep)
+		learned, again = k.lease.epoch, true
 	}
 	if k.lease.clean != wasClean || again || outcome != outcomeGranted {
 		k.poke()
@@ -287,6 +280,10 @@ func (k *Keeper) round(ctx context.Context, sent time.Time) (again bool) {
 	if !k.designationKnown && (k.lease.known && !again || time.Since(k.started) > 2*k.ttlLocked()) {
 		k.designationKnown = true
 		close(k.designationCh)
+	}
+	k.mu.Unlock()
+	if learned > 0 {
+		k.persistEpoch(learned)
 	}
 	return again
 }
