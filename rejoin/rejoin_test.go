@@ -309,6 +309,10 @@ func TestRejoinAfterFailover(t *testing.T) {
 		t.Error("a log holds the password")
 	}
 
+	// A second call (a keeper resuming after a crash) finds the work done.
+	if again, err := Rewind(ctx, local, newT, RewindOptions{}); err != nil || !again.Resumed || again.Method != MethodRewind || again.CrashRecovered {
+		t.Errorf("Rewind again: %+v, %v; want it resumed, with nothing run", again, err)
+	}
 	if err := ConfigureStandby(local, ConninfoFor(newT, "rejoined"), "primary_slot"); err != nil {
 		t.Fatal(err)
 	}
@@ -444,6 +448,15 @@ func TestRecloneWhenRewindImpossible(t *testing.T) {
 	// primary_conninfo pointing at the dead old primary).
 	if got, err := os.ReadFile(filepath.Join(local.DataDir, "postgresql.auto.conf")); err != nil || !bytes.Equal(got, ownAutoConf) {
 		t.Errorf("postgresql.auto.conf after the re-clone is %q (%v), want the node's own %q", got, err, ownAutoConf)
+	}
+
+	// The clone's control file says "in production" (the source's state): single-user crash
+	// recovery must not touch it, or the node would end its recovery as a primary.
+	if ran, _, err := CompleteCrashRecovery(ctx, local); ran || !errors.Is(err, ErrNotCleanlyStopped) {
+		t.Errorf("CompleteCrashRecovery of a fresh clone: ran %v, %v; want ErrNotCleanlyStopped", ran, err)
+	}
+	if again, err := Rewind(ctx, local, newT, RewindOptions{}); err != nil || !again.Resumed || again.Method != MethodReclone {
+		t.Errorf("Rewind after the re-clone: %+v, %v; want it resumed", again, err)
 	}
 
 	if err := ConfigureStandby(local, ConninfoFor(newT, "rejoined"), "primary_slot"); err != nil {

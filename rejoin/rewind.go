@@ -77,6 +77,12 @@ type Timings struct {
 type Result struct {
 	// Method is how the data directory was synchronised.
 	Method Method
+	// Resumed is true when an earlier call had already synchronised the data directory (it
+	// holds pg_rewind's backup_label, or a finished base backup's backup_label and
+	// backup_manifest, waiting to be replayed) and so nothing was run this time. If that call
+	// was interrupted between pg_rewind and putting the node's configuration files back, they
+	// are the source's.
+	Resumed bool
 	// CrashRecovered is true when the server had not been stopped cleanly and crash recovery was
 	// completed in single-user mode first; CrashRecoveryLog is that run's output (its server
 	// log), which names where the WAL ended ("invalid record length at X/Y", "redo done at ...").
@@ -154,9 +160,11 @@ func restoreConfig(u *osUser, dir string, saved map[string]savedFile) error {
 // stderr so that the recovery messages come back in the output.
 //
 // A server stopped cleanly ("shut down", "shut down in recovery") is left alone: ran is false.
-// A server that was in archive recovery (a standby) or has standby.signal or recovery.signal is
-// refused with ErrNotCleanlyStopped: single-user mode cannot run standby mode, and archive
-// recovery would end by choosing a new timeline of its own. Call it with the server stopped; it
+// A server that was in archive recovery (a standby), or has standby.signal, recovery.signal or
+// backup_label, is refused with ErrNotCleanlyStopped: single-user mode cannot run standby mode,
+// archive recovery would end by choosing a new timeline of its own, and recovery from a
+// backup_label (a rewind or base backup waiting to be replayed) would end with the node a
+// primary of the new timeline. Call it with the server stopped; it
 // fails with ErrRunning otherwise.
 func CompleteCrashRecovery(ctx context.Context, l Local) (ran bool, output string, err error) {
 	if err := l.validate(); err != nil {
@@ -188,6 +196,9 @@ func (u *osUser) crashRecover(ctx context.Context, l Local, cd ControlData) (boo
 	case StateInProduction, StateInCrashRecovery, StateShuttingDown:
 	default:
 		return false, "", fmt.Errorf("%w: %s is %q; start it once as a standby (standby.signal and primary_conninfo), let it reach a consistent state, stop it with `pg_ctl stop -m fast`, then retry", ErrNotCleanlyStopped, l.DataDir, cd.State)
+	}
+	if _, err := os.Stat(filepath.Join(l.DataDir, "backup_label")); err == nil {
+		return false, "", fmt.Errorf("%w: %s is %q and has backup_label: it holds a rewind or base backup waiting to be replayed, which single-user mode would end as a primary; configure it as a standby (ConfigureStandby) and start it, or re-clone it", ErrNotCleanlyStopped, l.DataDir, cd.State)
 	}
 	for _, f := range []string{"standby.signal", "recovery.signal"} {
 		if _, err := os.Stat(filepath.Join(l.DataDir, f)); err == nil {
@@ -343,14 +354,18 @@ func classifyRewind(out string) (rewindFailure, string) {
 //  1. refuses (ErrRunning) while any postgres process uses the data directory, and holds a lock
 //     beside it (ErrBusy) so that two calls never work on it at once;
 //  2. refuses (ErrDifferentSystem) when source belongs to another cluster;
-//  3. when the server was killed, finishes its crash recovery in single-user mode, where it
+//  3. returns at once (Result.Resumed) when an earlier call already synchronised the data
+//     directory: it holds pg_rewind's backup_label, or a finished base backup
+//     (backup_label and backup_manifest). An unfinished base backup, or an empty or missing
+//     data directory (an interrupted re-clone), is ErrTargetDamaged: re-cloned if allowed;
+//  4. when the server was killed, finishes its crash recovery in single-user mode, where it
 //     cannot accept a connection (CompleteCrashRecovery) — pg_rewind needs a clean shutdown;
-//  4. runs CHECKPOINT on source, so that its control file shows its new timeline (pg_rewind
+//  5. runs CHECKPOINT on source, so that its control file shows its new timeline (pg_rewind
 //     reads it; a promotion does not wait for its checkpoint), and refuses (ErrSameTimeline)
 //     when the source is still not on a later timeline than the node;
-//  5. runs `pg_rewind --target-pgdata=DataDir --source-server=CONNINFO --no-ensure-shutdown`,
+//  6. runs `pg_rewind --target-pgdata=DataDir --source-server=CONNINFO --no-ensure-shutdown`,
 //     the password in a temporary password file (PGPASSFILE), never on the command line;
-//  6. puts back the node's own configuration files and removes its replication slots (see
+//  7. puts back the node's own configuration files and removes its replication slots (see
 //     RewindOptions).
 //
 // When pg_rewind cannot work (ErrRewindImpossible: no data checksums and wal_log_hints off, the
@@ -384,12 +399,55 @@ func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOp
 	if err := l.checkStopped(); err != nil {
 		return res, err
 	}
+	// fallBack re-clones when allowed, else returns cause.
+	// saved are the node's configuration files, read before pg_rewind could overwrite them;
+	// nil when there is nothing of the node's own left to keep.
+	fallBack := func(cause error, reason, detail string, saved map[string]savedFile) (Result, error) {
+		if !opts.AllowReclone {
+			return res, fmt.Errorf("%w; re-clone %s from %s (Reclone, or Rewind with AllowReclone)%s", cause, l.DataDir, source, detail)
+		}
+		res.RewindImpossible = reason
+		log.Warn("rejoin: pg_rewind cannot be used, re-cloning", "reason", reason)
+		t := time.Now()
+		err := u.reclone(ctx, l, source, opts, saved, &res)
+		res.Timings.Reclone = time.Since(t)
+		if err != nil {
+			return res, fmt.Errorf("rejoin: re-clone after %w: %w", cause, err)
+		}
+		res.Method = MethodReclone
+		return res, nil
+	}
+	if ents, err := os.ReadDir(l.DataDir); errors.Is(err, fs.ErrNotExist) || err == nil && len(ents) == 0 {
+		reason := "the data directory is empty or missing (an interrupted re-clone?)"
+		return fallBack(fmt.Errorf("%w: %s", ErrTargetDamaged, reason), reason, "", nil)
+	}
 	cd, err := u.controlData(ctx, l)
 	if err != nil {
 		return res, err
 	}
 	if err := checkSameSystem(ctx, source, l, cd); err != nil {
 		return res, err
+	}
+	// A backup_label means an earlier call got as far as a finished pg_rewind or pg_basebackup
+	// (or one was cut short): the data directory waits to be replayed as a standby.
+	if label, err := os.ReadFile(filepath.Join(l.DataDir, "backup_label")); err == nil {
+		_, manifestErr := os.Stat(filepath.Join(l.DataDir, "backup_manifest"))
+		switch {
+		case strings.Contains(string(label), "BACKUP METHOD: pg_rewind"):
+			res.Method, res.Resumed = MethodRewind, true
+		case manifestErr == nil:
+			res.Method, res.Resumed = MethodReclone, true
+		default:
+			reason := "the data directory holds an unfinished base backup (backup_label without backup_manifest)"
+			return fallBack(fmt.Errorf("%w: %s", ErrTargetDamaged, reason), reason, "", nil)
+		}
+		log.Info("rejoin: already synchronised by an earlier call", "method", res.Method)
+		if res.Method == MethodRewind && !opts.KeepSlots {
+			if res.RemovedSlots, err = removeSlots(l.DataDir); err != nil {
+				return res, err
+			}
+		}
+		return res, nil
 	}
 
 	t := time.Now()
@@ -460,28 +518,13 @@ func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOp
 		}
 		return res, fmt.Errorf("rejoin: pg_rewind of %s was interrupted before it changed anything: %w", l.DataDir, ctx.Err())
 	}
-	var cause error
 	switch kind {
-	case rewindTransient:
-		return res, fmt.Errorf("rejoin: pg_rewind of %s from %s failed before changing anything: %s; fix the cause and call Rewind again\n%s", l.DataDir, source, reason, tail(out, 2000))
 	case rewindImpossible:
-		cause = fmt.Errorf("%w: %s", ErrRewindImpossible, reason)
+		return fallBack(fmt.Errorf("%w: %s", ErrRewindImpossible, reason), reason, "\n"+tail(out, 2000), saved)
 	case rewindDamaged:
-		cause = fmt.Errorf("%w: %s", ErrTargetDamaged, reason)
+		return fallBack(fmt.Errorf("%w: %s", ErrTargetDamaged, reason), reason, "\n"+tail(out, 2000), saved)
 	}
-	if !opts.AllowReclone {
-		return res, fmt.Errorf("%w; re-clone %s from %s (Reclone, or Rewind with AllowReclone)\n%s", cause, l.DataDir, source, tail(out, 2000))
-	}
-	res.RewindImpossible = reason
-	log.Warn("rejoin: pg_rewind cannot be used, re-cloning", "reason", reason)
-	t = time.Now()
-	err = u.reclone(ctx, l, source, opts, saved, &res)
-	res.Timings.Reclone = time.Since(t)
-	if err != nil {
-		return res, fmt.Errorf("rejoin: re-clone after %w: %w", cause, err)
-	}
-	res.Method = MethodReclone
-	return res, nil
+	return res, fmt.Errorf("rejoin: pg_rewind of %s from %s failed before changing anything: %s; fix the cause and call Rewind again\n%s", l.DataDir, source, reason, tail(out, 2000))
 }
 
 // checkSameSystem refuses a source of another cluster.
