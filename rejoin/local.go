@@ -30,7 +30,8 @@ type Local struct {
 	ConfigFile string
 	// RunAs is the OS user that runs PostgreSQL programs. PostgreSQL refuses to run as root, so
 	// when regent runs as root every program runs as this user; empty means the owner of DataDir
-	// (which is the user the server runs as: PostgreSQL insists on it). When regent does not run
+	// (which is the user the server runs as: PostgreSQL insists on it), or of the directory above
+	// it when DataDir is missing. When regent does not run
 	// as root it cannot change users, so RunAs must be empty or name regent's own user.
 	RunAs string
 }
@@ -92,16 +93,20 @@ func (l Local) resolveUser() (*osUser, error) {
 			return nil, fmt.Errorf("rejoin: RunAs user %q: %w; set RunAs to the OS user the PostgreSQL server runs as", l.RunAs, err)
 		}
 	} else {
-		fi, err := os.Stat(l.DataDir)
+		owned := l.DataDir
+		if _, err := os.Stat(owned); errors.Is(err, os.ErrNotExist) {
+			owned = filepath.Dir(owned) // a re-clone into a missing data directory
+		}
+		fi, err := os.Stat(owned)
 		if err != nil {
 			return nil, fmt.Errorf("rejoin: finding the owner of %s (to run PostgreSQL programs as): %w; set Local.RunAs or fix DataDir", l.DataDir, err)
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if !ok {
-			return nil, fmt.Errorf("rejoin: cannot read the owner of %s; set Local.RunAs", l.DataDir)
+			return nil, fmt.Errorf("rejoin: cannot read the owner of %s; set Local.RunAs", owned)
 		}
 		if u, err = user.LookupId(strconv.FormatUint(uint64(st.Uid), 10)); err != nil {
-			return nil, fmt.Errorf("rejoin: the owner (uid %d) of %s: %w; set Local.RunAs", st.Uid, l.DataDir, err)
+			return nil, fmt.Errorf("rejoin: the owner (uid %d) of %s: %w; set Local.RunAs", st.Uid, owned, err)
 		}
 	}
 	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
@@ -292,6 +297,19 @@ func (l Local) lock() (func(), error) {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// lockStopped takes the lock and checks that the server is stopped.
+func (l Local) lockStopped() (func(), error) {
+	unlock, err := l.lock()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.checkStopped(); err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
 }
 
 // runningPIDs returns the processes that are using the data directory: the postmaster named in

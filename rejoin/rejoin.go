@@ -106,7 +106,7 @@ func (l Loss) LogValue() slog.Value {
 // Measure measures the exact data loss of the stopped old primary l against newPrimary: it
 // checks that both are the same cluster (system identifier), then FinalLSN, ForkPoint,
 // DataLossBytes and ScanWAL. Call it before Rewind, on a server that has not been started since
-// it stopped or crashed. newPrimary needs a superuser (pg_read_file).
+// it stopped or crashed (ErrRunning while it runs). newPrimary needs a superuser (pg_read_file).
 //
 // When the WAL after the fork point is no longer in pg_wal, Measure returns the Loss with exact
 // Bytes and Transactions -1, and an error wrapping ErrWALMissing.
@@ -118,6 +118,11 @@ func Measure(ctx context.Context, l Local, newPrimary pgconnect.Target) (Loss, e
 	if err != nil {
 		return Loss{}, err
 	}
+	unlock, err := l.lockStopped()
+	if err != nil {
+		return Loss{}, err
+	}
+	defer unlock()
 	cd, err := u.controlData(ctx, l)
 	if err != nil {
 		return Loss{}, err
@@ -147,7 +152,7 @@ func Measure(ctx context.Context, l Local, newPrimary pgconnect.Target) (Loss, e
 		return loss, err
 	}
 	loss.Bytes = DataLossBytes(loss.FinalLSN, loss.ForkLSN)
-	loss.WAL, err = ScanWAL(ctx, l, loss.ForkLSN, loss.FinalLSN, loss.Timeline)
+	loss.WAL, err = u.scanWAL(ctx, l, loss.ForkLSN, loss.FinalLSN, loss.Timeline)
 	if err != nil {
 		return loss, err
 	}

@@ -216,6 +216,12 @@ func TestRejoinAfterFailover(t *testing.T) {
 		if err := ConfigureStandby(local, ConninfoFor(newT, ""), ""); !errors.Is(err, ErrRunning) {
 			t.Errorf("ConfigureStandby of a running server: %v, want ErrRunning", err)
 		}
+		if _, _, err := FinalLSN(ctx, local); !errors.Is(err, ErrRunning) {
+			t.Errorf("FinalLSN of a running server: %v, want ErrRunning", err)
+		}
+		if _, err := Measure(ctx, local, newT); !errors.Is(err, ErrRunning) {
+			t.Errorf("Measure of a running server: %v, want ErrRunning", err)
+		}
 	})
 
 	ids, replayed, flushed := failover(t, ctx, b)

@@ -324,7 +324,8 @@ func plausibleSegment(path string, s segFile, segSize uint64) bool {
 // is not there; after an operating-system crash, WAL written but not yet flushed may be gone
 // too. A record cut short by the crash is not counted. Call it before anything starts the
 // server: crash recovery and a restart write checkpoint records of their own (no transaction
-// commits) that move the end further. The server must not be running; FinalLSN does not check.
+// commits) that move the end further. It fails with ErrRunning while the server runs (its end
+// would be a moving target) and ErrBusy while another operation of this package works on it.
 func FinalLSN(ctx context.Context, l Local) (lsn uint64, timeline uint32, err error) {
 	if err := l.validate(); err != nil {
 		return 0, 0, err
@@ -333,6 +334,11 @@ func FinalLSN(ctx context.Context, l Local) (lsn uint64, timeline uint32, err er
 	if err != nil {
 		return 0, 0, err
 	}
+	unlock, err := l.lockStopped()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unlock()
 	cd, err := u.controlData(ctx, l)
 	if err != nil {
 		return 0, 0, err
@@ -444,21 +450,34 @@ var commitTimeRE = regexp.MustCompile(`(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.
 // final LSN; from at or after to gives an empty summary.
 //
 // Errors: ErrWALMissing (wrapped) when a segment in the range is no longer in pg_wal (removed
-// after a checkpoint, e.g. archived): the count would be short, so none is given.
+// after a checkpoint, e.g. archived): the count would be short, so none is given. ErrRunning
+// and ErrBusy as for FinalLSN.
 func ScanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32) (WALSummary, error) {
+	if from >= to {
+		return WALSummary{From: from, To: to, Timeline: timeline}, nil
+	}
+	if err := l.validate(); err != nil {
+		return WALSummary{}, err
+	}
+	u, err := l.resolveUser()
+	if err != nil {
+		return WALSummary{}, err
+	}
+	unlock, err := l.lockStopped()
+	if err != nil {
+		return WALSummary{}, err
+	}
+	defer unlock()
+	return u.scanWAL(ctx, l, from, to, timeline)
+}
+
+func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32) (WALSummary, error) {
 	sum := WALSummary{From: from, To: to, Timeline: timeline}
 	if from >= to {
 		return sum, nil
 	}
-	if err := l.validate(); err != nil {
-		return sum, err
-	}
 	if timeline == 0 {
 		return sum, errors.New("rejoin: ScanWAL needs the timeline (FinalLSN returns it)")
-	}
-	u, err := l.resolveUser()
-	if err != nil {
-		return sum, err
 	}
 	walDir := filepath.Join(l.DataDir, "pg_wal")
 	var parseErr error
