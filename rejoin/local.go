@@ -30,9 +30,9 @@ type Local struct {
 	ConfigFile string
 	// RunAs is the OS user that runs PostgreSQL programs. PostgreSQL refuses to run as root, so
 	// when regent runs as root every program runs as this user; empty means the owner of DataDir
-	// (which is the user the server runs as: PostgreSQL insists on it), or of the directory above
-	// it when DataDir is missing. When regent does not run
-	// as root it cannot change users, so RunAs must be empty or name regent's own user.
+	// (which is the user the server runs as: PostgreSQL insists on it), or of the directory
+	// above it when DataDir is missing. When regent does not run as root it cannot change
+	// users, so RunAs must be empty or name regent's own user.
 	RunAs string
 }
 

@@ -57,14 +57,16 @@ var (
 	// differs); nothing was changed.
 	ErrDifferentSystem = errors.New("rejoin: the source is a different cluster")
 	// ErrNotCleanlyStopped: the server was not stopped cleanly and regent will not finish its
-	// recovery itself (it was a standby, or a signal file asks for archive recovery).
+	// recovery itself (it was a standby, a signal file asks for archive recovery, or a
+	// backup_label says it is a rewind or clone waiting to be replayed as a standby).
 	ErrNotCleanlyStopped = errors.New("rejoin: the server was not stopped cleanly")
 	// ErrRewindImpossible: pg_rewind cannot rewind this data directory (no data checksums and
 	// wal_log_hints off, target WAL missing since the last common checkpoint, no common
 	// timeline); re-clone it. The data directory is as it was after crash recovery.
 	ErrRewindImpossible = errors.New("rejoin: pg_rewind cannot rewind this server")
-	// ErrTargetDamaged: pg_rewind failed after it had started changing the data directory,
-	// which is now unusable; re-clone it.
+	// ErrTargetDamaged: the data directory is unusable — pg_rewind failed after it had started
+	// changing it, a base backup into it was cut short, or it is empty or missing (an
+	// interrupted re-clone); re-clone it.
 	ErrTargetDamaged = errors.New("rejoin: pg_rewind failed part way; the data directory is damaged")
 )
 

@@ -374,8 +374,9 @@ func classifyRewind(out string) (rewindFailure, string) {
 // else returns that error. Any other pg_rewind failure (the source unreachable, say) left the
 // data directory as it was: fix the cause and call Rewind again.
 //
-// The source role needs superuser (or EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file
-// and pg_read_binary_file with offsets, plus pg_checkpoint) and, for a re-clone, REPLICATION.
+// The source role needs superuser (or the EXECUTE grants on pg_ls_dir, pg_stat_file and
+// pg_read_binary_file that the pg_rewind documentation lists, plus pg_checkpoint and
+// pg_read_all_settings) and, for a re-clone, REPLICATION.
 // Cancelling ctx while pg_rewind copies leaves the data directory damaged: re-clone it then.
 func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (res Result, err error) {
 	started := time.Now()
@@ -654,6 +655,9 @@ func Reclone(ctx context.Context, l Local, source pgconnect.Target, opts RewindO
 // reclone does Reclone's work; the caller holds the lock and has checked the server is stopped.
 func (u *osUser) reclone(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions, saved map[string]savedFile, res *Result) error {
 	log := opts.logger().With("data_dir", l.DataDir, "source", source)
+	if fi, err := os.Lstat(l.DataDir); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("rejoin: %s is a symbolic link; a re-clone would replace the link, not what it points to: set DataDir to the real path, or re-clone by hand", l.DataDir)
+	}
 	if ents, err := os.ReadDir(filepath.Join(l.DataDir, "pg_tblspc")); err == nil && len(ents) > 0 {
 		return fmt.Errorf("rejoin: %s has %d tablespace(s) in pg_tblspc; a re-clone must map them (pg_basebackup --tablespace-mapping): re-clone this node by hand", l.DataDir, len(ents))
 	}
