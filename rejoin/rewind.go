@@ -374,9 +374,9 @@ func classifyRewind(out string) (rewindFailure, string) {
 // else returns that error. Any other pg_rewind failure (the source unreachable, say) left the
 // data directory as it was: fix the cause and call Rewind again.
 //
-// The source role needs superuser (or the EXECUTE grants on pg_ls_dir, pg_stat_file and
-// pg_read_binary_file that the pg_rewind documentation lists, plus pg_checkpoint and
-// pg_read_all_settings) and, for a re-clone, REPLICATION.
+// The source role needs superuser (a non-superuser needs the EXECUTE grants the pg_rewind
+// documentation lists, plus pg_checkpoint; this is not tested) and, for a re-clone,
+// REPLICATION.
 // Cancelling ctx while pg_rewind copies leaves the data directory damaged: re-clone it then.
 func Rewind(ctx context.Context, l Local, source pgconnect.Target, opts RewindOptions) (res Result, err error) {
 	started := time.Now()
