@@ -48,7 +48,7 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 // failover builds the scene every test starts from: a table on the primary and its standby;
 // the standby stopped; lostRows rows committed on the primary, one per transaction; the primary
 // killed with SIGKILL; the standby started and promoted. It returns the ids of the rows (which
-// the new primary never received), the position the promoted standby had replayed on the old
+// the new primary never received), the end of what the promoted standby replayed on the old
 // timeline, and the primary's flushed WAL position after its last commit.
 func failover(t *testing.T, ctx context.Context, b *pgtest.Bench) (ids []int64, replayed, flushed uint64) {
 	t.Helper()
@@ -89,11 +89,13 @@ func failover(t *testing.T, ctx context.Context, b *pgtest.Bench) (ids []int64, 
 	if err := s1.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l, err := s1.LSNs(ctx)
-	if err != nil {
+	if err := s1.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := s1.Promote(ctx); err != nil {
+	// After promotion pg_last_wal_replay_lsn() stays at the end of the last record recovery
+	// replayed: where the old timeline ends in the new primary's history.
+	l, err := s1.LSNs(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return ids, l.Replayed, flushed
