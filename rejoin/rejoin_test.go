@@ -437,6 +437,15 @@ func TestRecloneWhenRewindImpossible(t *testing.T) {
 	if cd.State != StateShutDown || cd.WALLogHints || cd.DataChecksums {
 		t.Errorf("after the refusal: state %q, wal_log_hints %v, checksums %v; want a clean shutdown of a cluster without either", cd.State, cd.WALLogHints, cd.DataChecksums)
 	}
+	// Crash recovery only added checkpoint records after the old end of WAL: no commit.
+	final2, tli2, err := FinalLSN(ctx, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := LostTransactions(ctx, local, loss.FinalLSN, final2, tli2); err != nil || final2 <= loss.FinalLSN || tli2 != loss.Timeline || n != 0 {
+		t.Errorf("WAL after crash recovery ends at %s on timeline %d (before: %s) with %d commits after the old end (%v); want a later end and no commit",
+			FormatLSN(final2), tli2, FormatLSN(loss.FinalLSN), n, err)
+	}
 
 	if err := CreateSlot(ctx, newT, "primary_slot"); err != nil {
 		t.Fatal(err)

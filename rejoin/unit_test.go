@@ -1,6 +1,7 @@
 package rejoin
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"os"
@@ -482,5 +483,36 @@ func TestRunAsRoot(t *testing.T) {
 		if err != nil || !u.switchTo || u.uid == 0 {
 			t.Errorf("RunAs nobody: %+v, %v", u, err)
 		}
+	}
+}
+
+func TestPlausibleSegment(t *testing.T) {
+	dir := t.TempDir()
+	seg := segFile{name: "000000020000000000000005", tli: 2, segno: 5}
+	write := func(tli uint32, addr uint64) string {
+		h := make([]byte, 8192)
+		binary.NativeEndian.PutUint16(h[2:4], 0x0002) // XLP_LONG_HEADER
+		binary.NativeEndian.PutUint32(h[4:8], tli)
+		binary.NativeEndian.PutUint64(h[8:16], addr)
+		p := filepath.Join(dir, seg.name)
+		if err := os.WriteFile(p, h, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if !plausibleSegment(write(2, 5<<24), seg, 16<<20) {
+		t.Error("a segment written for its own position is not plausible")
+	}
+	if plausibleSegment(write(2, 1<<24), seg, 16<<20) {
+		t.Error("a recycled segment (old page address) is plausible")
+	}
+	if plausibleSegment(write(1, 5<<24), seg, 16<<20) {
+		t.Error("a segment of another timeline is plausible")
+	}
+	if err := os.WriteFile(filepath.Join(dir, seg.name), []byte{1, 2}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if plausibleSegment(filepath.Join(dir, seg.name), seg, 16<<20) {
+		t.Error("a truncated segment is plausible")
 	}
 }
