@@ -111,13 +111,12 @@ func (o *observer) targets(st *regentv1.State) (map[time.Duration][]probe.Target
 
 func (o *observer) setTargets(ctx context.Context, st *regentv1.State) {
 	byInterval, flush := o.targets(st)
+	var stopped []*loopRun
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	o.flush = flush
 	for iv, run := range o.loops {
 		if _, ok := byInterval[iv]; !ok {
-			run.cancel()
-			<-run.done
+			stopped = append(stopped, run)
 			delete(o.loops, iv)
 		}
 	}
@@ -136,15 +135,26 @@ func (o *observer) setTargets(ctx context.Context, st *regentv1.State) {
 			o.a.logger.Error("set probe targets", "err", err)
 		}
 	}
-}
-
-func (o *observer) stopLoops() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for iv, run := range o.loops {
+	o.mu.Unlock()
+	// Wait for stopped loops outside the lock: their last probes deliver under it.
+	for _, run := range stopped {
 		run.cancel()
 		<-run.done
+	}
+}
+
+// stopLoops stops every probe loop and waits for them (outside the lock their deliveries take).
+func (o *observer) stopLoops() {
+	o.mu.Lock()
+	runs := make([]*loopRun, 0, len(o.loops))
+	for iv, run := range o.loops {
+		runs = append(runs, run)
 		delete(o.loops, iv)
+	}
+	o.mu.Unlock()
+	for _, run := range runs {
+		run.cancel()
+		<-run.done
 	}
 }
 

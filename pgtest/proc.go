@@ -144,6 +144,37 @@ func groupAlive(pgid int) bool {
 	return false
 }
 
+// dirProcs returns the live (not zombie) processes whose working directory is dir: a
+// postmaster and all its children run in their data directory.
+func dirProcs(dir string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err != nil || cwd != dir {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 0 && (f[0] == "Z" || f[0] == "X") {
+				continue
+			}
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
 // tail returns at most the last n bytes of s, cut at a line start.
 func tail(s string, n int) string {
 	if len(s) <= n {

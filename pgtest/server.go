@@ -131,7 +131,7 @@ func (s *Server) startLocked(ctx context.Context) error {
 		return nil
 	}
 	if s.proc != nil {
-		if err := waitGroupGone(ctx, s.proc.pid); err != nil {
+		if err := s.waitGone(ctx, s.proc.pid); err != nil {
 			return fmt.Errorf("pgtest: starting %s: processes of its previous run are still alive: %w", s, err)
 		}
 	}
@@ -251,7 +251,7 @@ func (s *Server) Stop(ctx context.Context) error {
 			return fmt.Errorf("pgtest: fast shutdown of %s did not finish, killed it instead: %w", s, ctx.Err())
 		}
 	}
-	if err := waitGroupGone(ctx, p.pid); err != nil {
+	if err := s.waitGone(ctx, p.pid); err != nil {
 		s.killGroupLocked()
 		return fmt.Errorf("pgtest: %s stopped but some of its processes lingered, killed them: %w", s, err)
 	}
@@ -288,7 +288,7 @@ func (s *Server) Kill9() error {
 	}
 	gctx, gcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer gcancel()
-	if err := waitGroupGone(gctx, p.pid); err != nil {
+	if err := s.waitGone(gctx, p.pid); err != nil {
 		s.killGroupLocked()
 	}
 	return nil
@@ -306,7 +306,7 @@ func (s *Server) kill() {
 	<-s.proc.done
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = waitGroupGone(ctx, s.proc.pid)
+	_ = s.waitGone(ctx, s.proc.pid)
 }
 
 func (s *Server) killGroupLocked() {
@@ -315,13 +315,23 @@ func (s *Server) killGroupLocked() {
 	}
 	_ = syscall.Kill(-s.proc.pid, syscall.SIGKILL)
 	_ = syscall.Kill(s.proc.pid, syscall.SIGKILL)
+	for _, pid := range dirProcs(s.DataDir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
-// waitGroupGone waits until no live process is left in process group pgid.
-func waitGroupGone(ctx context.Context, pgid int) error {
+// waitGone waits until no live process is left of the server: none in the postmaster's
+// process group, and none whose working directory is the data directory. The second check
+// matters because every postmaster child calls setsid() and so leads a process group of its
+// own; after a kill -9 of the postmaster, its backends take a moment to notice and exit, and
+// until they have, they hold the shared memory a new postmaster refuses to start beside.
+func (s *Server) waitGone(ctx context.Context, pgid int) error {
 	return WaitFor(ctx, func(context.Context) (bool, error) {
 		if groupAlive(pgid) {
 			return false, fmt.Errorf("process group %d still has live processes", pgid)
+		}
+		if pids := dirProcs(s.DataDir); len(pids) > 0 {
+			return false, fmt.Errorf("processes %v still run in %s", pids, s.DataDir)
 		}
 		return true, nil
 	})
