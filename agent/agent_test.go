@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/regentdb/regent/internal/poll"
 	"net"
 	"strings"
 	"testing"
@@ -69,16 +70,12 @@ func TestSingleWitnessServesHealthAndReflection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	hc := healthpb.NewHealthClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "regent.v1.Regent"})
-		if err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health never SERVING: %v %v", resp, err)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval
+	var resp *healthpb.HealthCheckResponse
+	if !poll.Until(30*time.Second, 20*time.Millisecond, func() bool {
+		resp, err = hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "regent.v1.Regent"})
+		return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+	}) {
+		t.Fatalf("health never SERVING: %v %v", resp, err)
 	}
 	rc, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
 	if err != nil {
@@ -87,17 +84,17 @@ func TestSingleWitnessServesHealthAndReflection(t *testing.T) {
 	if err := rc.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := rc.Recv()
+	list, err := rc.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	found := false
-	for _, s := range resp.GetListServicesResponse().GetService() {
+	for _, s := range list.GetListServicesResponse().GetService() {
 		if s.GetName() == "regent.v1.Regent" {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("reflection does not list regent.v1.Regent: %v", resp)
+		t.Errorf("reflection does not list regent.v1.Regent: %v", list)
 	}
 }

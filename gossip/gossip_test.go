@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"github.com/regentdb/regent/internal/poll"
 	"testing"
 	"time"
 
@@ -23,12 +24,8 @@ func start(t *testing.T, name string) (*Gossip, string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	if !poll.Until(10*time.Second, 10*time.Millisecond, cond) {
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 

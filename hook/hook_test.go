@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/regentdb/regent/internal/poll"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -180,12 +181,8 @@ func alive(pid int) bool {
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for interval := time.Millisecond; !cond(); interval = min(2*interval, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(interval) // polling interval, not synchronisation
+	if !poll.Until(d, 5*time.Millisecond, cond) {
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/regentdb/regent/internal/poll"
 	"io"
 	"strings"
 	"sync"
@@ -45,12 +46,8 @@ func runLabWith(t *testing.T, ctx context.Context, stdin io.Reader, args ...stri
 
 func waitOutput(t *testing.T, out *syncBuffer, want string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(out.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the lab's output after %v:\n%s", want, timeout, out.String())
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+	if !poll.Until(timeout, 20*time.Millisecond, func() bool { return strings.Contains(out.String(), want) }) {
+		t.Fatalf("no %q in the lab's output after %v:\n%s", want, timeout, out.String())
 	}
 }
 
@@ -143,12 +140,8 @@ func TestLabKillPrimaryShowsTheFailover(t *testing.T) {
 	if _, err := io.WriteString(pw, "k\n"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for strings.Count(out.String(), "killed primary") < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("k did not kill the new primary:\n%s", out.String())
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+	if !poll.Until(30*time.Second, 20*time.Millisecond, func() bool { return strings.Count(out.String(), "killed primary") >= 2 }) {
+		t.Fatalf("k did not kill the new primary:\n%s", out.String())
 	}
 	if _, err := io.WriteString(pw, "q\n"); err != nil {
 		t.Fatal(err)

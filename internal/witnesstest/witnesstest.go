@@ -5,6 +5,7 @@ package witnesstest
 import (
 	"context"
 	"fmt"
+	"github.com/regentdb/regent/internal/poll"
 	"os"
 	"path/filepath"
 	"testing"
@@ -216,12 +217,8 @@ func (c *Cluster) Running() []int {
 // Eventually polls cond every 20ms until it holds or timeout passes, then fails the test.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+	if !poll.Until(timeout, 20*time.Millisecond, cond) {
+		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
 
@@ -252,21 +249,16 @@ func (c *Cluster) WaitLeader(timeout time.Duration) int {
 func (c *Cluster) WaitReady(timeout time.Duration) {
 	c.tb.Helper()
 	why := ""
-	deadline := time.Now().Add(timeout)
-	for {
+	if !poll.Until(timeout, 20*time.Millisecond, func() bool {
 		why = ""
 		for _, i := range c.Running() {
 			if ok, reason := c.Agents[i].Ready(); !ok {
 				why += fmt.Sprintf(" %s: %s;", c.Configs[i].NodeName, reason)
 			}
 		}
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.tb.Fatalf("timed out after %v waiting for all witnesses ready:%s", timeout, why)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+		return why == ""
+	}) {
+		c.tb.Fatalf("timed out after %v waiting for all witnesses ready:%s", timeout, why)
 	}
 }
 
