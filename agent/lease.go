@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/regentdb/regent/internal/atomicfile"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
@@ -66,41 +67,11 @@ func (s *leaseStore) Revoke(cluster string, epoch uint64) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(s.path, b); err != nil {
+	if err := atomicfile.Write(s.path, b, 0o600); err != nil {
 		return fmt.Errorf("record revoked lease epoch %d of %s: %w", epoch, cluster, err)
 	}
 	s.revoked = next
 	return nil
-}
-
-// writeFileSync replaces path with data atomically and durably: temp file, fsync, rename,
-// fsync of the directory.
-func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // renewLease answers a keeper's renewal from this witness's own state: granted unless the
