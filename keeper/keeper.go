@@ -480,6 +480,7 @@ func (k *Keeper) fence(ctx context.Context, reason FenceReason, sqlBudget time.D
 // without it (still read-only through ALTER SYSTEM until the last step), then
 // fencing.UnfenceSQL, provided the lease is still held at that moment.
 func (k *Keeper) unfence(ctx context.Context) error {
+	start := time.Now()
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	t := k.target()
@@ -504,7 +505,7 @@ func (k *Keeper) unfence(ctx context.Context) error {
 	if err := k.state.Update(func(s *State) { s.Fence, s.FenceEpoch = FenceNone, 0 }); err != nil {
 		return fmt.Errorf("unfence: %w", err)
 	}
-	k.log.Info("lifted the keeper's fence: this node holds the lease")
+	k.log.Info("lifted the keeper's fence: this node holds the lease", "took", time.Since(start))
 	return nil
 }
 

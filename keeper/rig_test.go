@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/config"
+	"github.com/regentdb/regent/internal/freeport"
 	"github.com/regentdb/regent/internal/witnesstest"
 	"github.com/regentdb/regent/pgtest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
@@ -106,6 +107,18 @@ func startRig(t *testing.T) *rig {
 	return r
 }
 
+// waitGrants waits until witness i grants pg-us's lease (a restarted witness refuses while it
+// has not yet applied the cluster from its log).
+func (r *rig) waitGrants(t *testing.T, i int) {
+	t.Helper()
+	witnesstest.Eventually(t, wait, fmt.Sprintf("witness %d granting the lease", i), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := r.c.Client(i).RenewLease(ctx, &regentv1.RenewLeaseRequest{Cluster: "orders", Node: "pg-us", Epoch: 1})
+		return err == nil && resp.GetGranted()
+	})
+}
+
 // retry calls f until it succeeds, retrying while the witnesses answer Unavailable (an
 // election), as a client is expected to.
 func retry(t *testing.T, ctx context.Context, what string, f func() error) {
@@ -130,6 +143,15 @@ func (r *rig) config(t *testing.T, node string) Config {
 		ws = append(ws, wc.GRPCAddr)
 	}
 	state := filepath.Join(t.TempDir(), "keeper-"+node)
+	// freeport never hands out a port twice in this process, so a keeper cannot take the
+	// port of a witness that a test stops and starts again.
+	listen := func() string {
+		a, err := freeport.Addr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
 	return Config{
 		NodeName: node, Cluster: "orders", DataDir: s.DataDir, BinDir: r.bench.BinDir(),
 		Host: s.Host, Port: uint16(s.Port),
@@ -141,8 +163,8 @@ func (r *rig) config(t *testing.T, node string) Config {
 		PostgresLog:  filepath.Join(s.Dir, "keeper-postgres.log"),
 		StartTimeout: config.Duration{Duration: time.Minute},
 		Witnesses:    ws,
-		ListenGRPC:   "127.0.0.1:0",
-		ListenHTTP:   "127.0.0.1:0",
+		ListenGRPC:   listen(),
+		ListenHTTP:   listen(),
 		StateDir:     state,
 		LeaseTTL:     config.Duration{Duration: testTTL},
 		LeaseDrift:   0.05,
