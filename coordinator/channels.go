@@ -152,6 +152,11 @@ func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, wrong map[s
 		switch {
 		case applyLSN >= ch.PrimaryLsn:
 			ch.LagSeconds = 0
+		case !haveApply && !lastSeen.IsZero():
+			// No standby of the region answers: what it holds is what it had when last
+			// seen, so the lag is at least the time since (an extrapolation from the write
+			// rate would swing with the rate and mean nothing).
+			ch.LagSeconds = max(0, int64(now.Sub(lastSeen)/time.Second))
 		case !primaryHB.IsZero() && !standbyHB.IsZero():
 			// Both heartbeats were written by the primary's clock: skew between servers or
 			// witnesses does not enter.
@@ -164,6 +169,8 @@ func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, wrong map[s
 		switch {
 		case ch.LagBytes == 0:
 			ch.EstimatedLagSeconds = 0
+		case !haveApply:
+			ch.EstimatedLagSeconds = float64(ch.LagSeconds)
 		case rate > 0:
 			ch.EstimatedLagSeconds = math.Round(float64(ch.LagBytes)/rate*1000) / 1000
 		default:

@@ -360,3 +360,28 @@ func TestChannelsCommitCycle(t *testing.T) {
 		t.Fatalf("channels = %v", st.Channels)
 	}
 }
+
+// A region whose standbys no longer answer lags by at least the time since one was last seen;
+// the figure does not come from the primary's write rate.
+func TestChannelLagOfAnUnreachableRegionCountsFromLastSeen(t *testing.T) {
+	a := NewAggregator()
+	st := ordersState()
+	feed(a, report{"w1", []*regentv1.Observation{
+		primaryObs("orders", "n1", at(0), 1000), standbyObs("orders", "n5", at(0), 900),
+	}})
+	feed(a, report{"w1", []*regentv1.Observation{
+		primaryObs("orders", "n1", at(10000), 5000), downObs("orders", "n5", at(10000), "refused"),
+		primaryObs("orders", "n1", at(30000), 90000), downObs("orders", "n5", at(30000), "refused"),
+	}})
+	cmd := a.Channels(st, at(30000))
+	if cmd == nil {
+		t.Fatal("no channel figures")
+	}
+	ch := chanOf(cmd.Channels, "orders", "us-east", "ap-south")
+	if ch == nil {
+		t.Fatalf("no us-east → ap-south channel in %v", cmd.Channels)
+	}
+	if ch.GetLagSeconds() != 30 || ch.GetEstimatedLagSeconds() != 30 {
+		t.Errorf("lag %ds (estimated %.1f); want 30 s since pg-ap was last seen", ch.GetLagSeconds(), ch.GetEstimatedLagSeconds())
+	}
+}
