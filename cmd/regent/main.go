@@ -36,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAgent(ctx, args[1:], stderr)
 	case "lab":
 		return runLab(ctx, args[1:], stdout, stderr)
+	case "keeper":
+		return runKeeper(ctx, args[1:], stdout, stderr)
 	case "", "help", "-h", "--help":
 		if len(args) <= 1 {
 			usage(stdout)
@@ -50,6 +52,8 @@ func usage(w io.Writer) {
 
 Daemons:
   agent --config FILE        run a witness (Raft voter, gossip, gRPC API, /metrics)
+  keeper --config FILE       run the keeper beside one PostgreSQL server (quorum lease, local
+                             fencing, fencing-token instructions, HAProxy health endpoints)
   lab [--dir DIR] [--no-postgres] [--kill-primary]
                              run a local deployment on loopback: three witnesses, a PostgreSQL
                              primary and two standbys in three regions, named when installed;
