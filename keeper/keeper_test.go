@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,35 +20,56 @@ import (
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
-// stayWritable polls, for d, that the keeper keeps the lease, never fences and that the
-// primary takes writes — time passes under observation, nothing waits on a sleep.
+// throughout runs check at once and then every interval until d has passed, failing the test
+// at the first problem it reports: it watches a condition hold while time passes.
+func throughout(t *testing.T, d, interval time.Duration, check func() string) {
+	t.Helper()
+	end := time.NewTimer(d)
+	defer end.Stop()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		if problem := check(); problem != "" {
+			t.Fatal(problem)
+		}
+		select {
+		case <-end.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// stayWritable watches, for d, that the keeper keeps the lease, never fences and that the
+// primary takes writes.
 func stayWritable(t *testing.T, r *rig, k *Keeper, d time.Duration, what string) {
 	t.Helper()
 	ctx := witnesstest.Context(t, d+wait)
 	fencedBefore := k.Status(ctx, false).FencedAt
-	end := time.Now().Add(d)
 	writes := 0
-	for time.Now().Before(end) {
+	throughout(t, d, 50*time.Millisecond, func() string {
 		if code, body := get(t, k, "/primary"); code != http.StatusOK {
-			t.Fatalf("%s: /primary answered %d %s", what, code, body)
+			return fmt.Sprintf("%s: /primary answered %d %s", what, code, body)
 		}
 		if err := write(ctx, r.primary); err != nil {
-			t.Fatalf("%s: the primary refused a write: %v", what, err)
+			return fmt.Sprintf("%s: the primary refused a write: %v", what, err)
 		}
 		writes++
 		st := k.Status(ctx, false)
 		if !st.HoldsLease || st.Fenced || !st.FencedAt.Equal(fencedBefore) {
-			t.Fatalf("%s: lease %v fenced %v (%s) fenced at %v", what, st.HoldsLease, st.Fenced, st.FenceReason, st.FencedAt)
+			return fmt.Sprintf("%s: lease %v fenced %v (%s) fenced at %v", what, st.HoldsLease, st.Fenced, st.FenceReason, st.FencedAt)
 		}
-		time.Sleep(50 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return ""
+	})
 	t.Logf("%s: %d writes over %v, lease held throughout", what, writes, d)
 }
 
 // (a) the lease is held and /primary is 200; (b) stopping the witness leader, and separately
 // a follower, never fences the primary.
 func TestPrimaryKeepsLeaseWhenAnyOneWitnessStops(t *testing.T) {
-	r := startRig(t)
+	// A longer lease than the other tests: this one asserts that nothing fences, and a CI
+	// machine running many -race test binaries on two cores can delay a renewal round.
+	r := startRigTTL(t, 4*time.Second)
 	k := startKeeper(t, r.config(t, "pg-us"))
 	waitLease(t, k)
 	ctx := witnesstest.Context(t, 2*time.Minute)
@@ -61,7 +83,7 @@ func TestPrimaryKeepsLeaseWhenAnyOneWitnessStops(t *testing.T) {
 	if code, _ := get(t, k, "/replica"); code != http.StatusServiceUnavailable {
 		t.Errorf("/replica on the primary: %d", code)
 	}
-	periods := 3 * testTTL
+	periods := 3 * r.ttl
 
 	leader := r.c.WaitLeader(wait)
 	r.c.StopNode(leader)
@@ -157,16 +179,15 @@ func TestRevokedLeaseFencesWithinTTL(t *testing.T) {
 		t.Errorf("write after the revocation: %v, want SQLSTATE 25006", err)
 	}
 	// One witness still grants epoch 1, a majority refuses: the fence stays.
-	end := time.Now().Add(2 * testTTL)
-	for time.Now().Before(end) {
+	throughout(t, 2*testTTL, 100*time.Millisecond, func() string {
 		if code, _ := get(t, k, "/primary"); code != http.StatusServiceUnavailable {
-			t.Fatalf("/primary answered %d after the revocation", code)
+			return fmt.Sprintf("/primary answered %d after the revocation", code)
 		}
 		if st := k.Status(ctx, false); !st.Fenced || st.HoldsLease {
-			t.Fatalf("unfenced after the revocation: %+v", st)
+			return fmt.Sprintf("unfenced after the revocation: %+v", st)
 		}
-		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return ""
+	})
 }
 
 // (e) a stale token is refused naming both tokens, an equal one repeats idempotently, and the
@@ -337,13 +358,12 @@ func TestStartupRestartAndStop(t *testing.T) {
 	if err != nil || !resp.GetDone() {
 		t.Fatalf("STOP: %v %v", resp, err)
 	}
-	end := time.Now().Add(2 * testTTL)
-	for time.Now().Before(end) {
+	throughout(t, 2*testTTL, 100*time.Millisecond, func() string {
 		if running, err := k.pg.Status(ctx); err != nil || running {
-			t.Fatalf("the keeper restarted a server stopped by instruction (running %v, %v)", running, err)
+			return fmt.Sprintf("the keeper restarted a server stopped by instruction (running %v, %v)", running, err)
 		}
-		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return ""
+	})
 	ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
 	if err != nil || ks.GetPostmasterRunning() || !ks.GetFenced() || ks.GetFinalLsn() == 0 || ks.GetCrashRecovery() {
 		t.Errorf("KeeperStatus of the stopped server: %v %v", ks, err)
@@ -427,13 +447,12 @@ func TestFenceFallsBackToImmediateStop(t *testing.T) {
 	}
 	// It stays up read-only: no stop/start loop although the keeper still cannot log in.
 	pid = postmasterPID(t, r.primary)
-	end := time.Now().Add(2 * testTTL)
-	for time.Now().Before(end) {
+	throughout(t, 2*testTTL, 100*time.Millisecond, func() string {
 		if running, err := k.pg.Status(ctx); err != nil || !running || postmasterPID(t, r.primary) != pid {
-			t.Fatalf("the read-only server was stopped again (running %v, %v)", running, err)
+			return fmt.Sprintf("the read-only server was stopped again (running %v, %v)", running, err)
 		}
-		time.Sleep(100 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return ""
+	})
 }
 
 // A keeper that cannot reach any witness has no lease: it fences the running primary it
@@ -449,7 +468,7 @@ func TestNoWitnessesNoWrites(t *testing.T) {
 		}
 		ws = append(ws, a) // nothing listens there
 	}
-	r := &rig{bench: b, primary: s, nodes: map[string]*pgtest.Server{"pg-us": s}}
+	r := &rig{bench: b, primary: s, nodes: map[string]*pgtest.Server{"pg-us": s}, ttl: testTTL}
 	r.c = &witnesstest.Cluster{}
 	cfg := r.config(t, "pg-us")
 	cfg.Witnesses = ws

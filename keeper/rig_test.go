@@ -47,12 +47,17 @@ type rig struct {
 	primary *pgtest.Server
 	eu, ap  *pgtest.Server
 	nodes   map[string]*pgtest.Server
+	// ttl is the lease of the cluster policy and of the keepers.
+	ttl time.Duration
 }
 
-func startRig(t *testing.T) *rig {
+func startRig(t *testing.T) *rig { return startRigTTL(t, testTTL) }
+
+// startRigTTL is startRig with the cluster's (and the keepers') lease_ttl.
+func startRigTTL(t *testing.T, ttl time.Duration) *rig {
 	t.Helper()
 	b := pgtest.Start(t, pgtest.Options{Standbys: 2})
-	r := &rig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2]}
+	r := &rig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2], ttl: ttl}
 	r.nodes = map[string]*pgtest.Server{"pg-us": r.primary, "pg-eu": r.eu, "pg-ap": r.ap}
 	// Servers the keeper restarted with pg_ctl are not pgtest's children: stop them before
 	// the bench removes their directories (cleanups run last-registered first).
@@ -79,7 +84,7 @@ func startRig(t *testing.T) *rig {
 	r.c.WaitReady(wait)
 	sp := &regentv1.ClusterSpec{
 		Name: "orders", Primary: "pg-us",
-		Policy: &regentv1.Policy{ProbeIntervalMs: 200, ProbeTimeoutMs: 150, DownAfterMs: 1000, LeaseTtlMs: testTTL.Milliseconds()},
+		Policy: &regentv1.Policy{ProbeIntervalMs: 200, ProbeTimeoutMs: 150, DownAfterMs: 1000, LeaseTtlMs: ttl.Milliseconds()},
 		Nodes: []*regentv1.NodeSpec{
 			{Name: "pg-us", Region: "us-east", Host: r.primary.Host, Port: uint32(r.primary.Port)},
 			{Name: "pg-eu", Region: "eu-west", Host: r.eu.Host, Port: uint32(r.eu.Port)},
@@ -166,7 +171,7 @@ func (r *rig) config(t *testing.T, node string) Config {
 		ListenGRPC:   listen(),
 		ListenHTTP:   listen(),
 		StateDir:     state,
-		LeaseTTL:     config.Duration{Duration: testTTL},
+		LeaseTTL:     config.Duration{Duration: r.ttl},
 		LeaseDrift:   0.05,
 		FenceMargin:  config.Duration{Duration: testMargin},
 		Log:          config.Log{Format: "text", Level: "debug"},

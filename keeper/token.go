@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/regentdb/regent/internal/atomicfile"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
@@ -127,41 +128,11 @@ func (s *stateStore) Update(f func(*State)) error {
 	if err != nil {
 		return fmt.Errorf("encode keeper state: %w", err)
 	}
-	if err := writeFileSync(s.path, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(s.path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write keeper state %s: %w; check that state_dir is writable and not full", s.path, err)
 	}
 	s.st = next
 	return nil
-}
-
-// writeFileSync replaces path with data atomically and durably: temp file, fsync, rename,
-// fsync of the directory.
-func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // ErrStaleToken: an instruction carried a token older than the highest obeyed one.
