@@ -99,7 +99,7 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 	running, err := k.pg.Status(sctx)
 	scancel()
 	if err != nil {
-		return fail(fmt.Errorf("keeper start: %w", err))
+		return fail(err)
 	}
 	k.running = running
 	k.obs = &observer{target: k.target}
