@@ -491,3 +491,37 @@ func TestNoWitnessesNoWrites(t *testing.T) {
 		t.Errorf("metrics: %s", body)
 	}
 }
+
+// PROMOTE promotes the standby; but a server the witnesses do not name primary holds no
+// lease, so its keeper fences it once the obligation counted from its last moment in recovery
+// runs out (here no saga ever designates it).
+func TestPromoteWithoutDesignationIsFenced(t *testing.T) {
+	r := startRig(t)
+	k := startKeeper(t, r.config(t, "pg-eu"))
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	waitCode(t, k, "/replica", http.StatusOK)
+	kc := keeperClient(t, k)
+	resp, err := kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 3, EventId: 1},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_PROMOTE, Cluster: "orders", Node: "pg-eu"})
+	if err != nil || !resp.GetDone() || !strings.Contains(resp.GetDetail(), "promoted: timeline 2") {
+		t.Fatalf("PROMOTE: %v %v", resp, err)
+	}
+	if rec, err := r.eu.IsInRecovery(ctx); err != nil || rec {
+		t.Fatalf("pg-eu still in recovery after PROMOTE: %v %v", rec, err)
+	}
+	witnesstest.Eventually(t, wait, "the keeper fencing the undesignated primary", func() bool {
+		return k.Status(ctx, false).FenceReason == FenceLease
+	})
+	if err := write(ctx, r.eu); !isReadOnlyErr(err) {
+		t.Errorf("write on the undesignated primary: %v, want 25006", err)
+	}
+	if code, body := get(t, k, "/primary"); code != http.StatusServiceUnavailable || !strings.Contains(body, `"role":"fenced"`) {
+		t.Errorf("/primary: %d %s", code, body)
+	}
+	// Repeating the instruction is idempotent: already a primary.
+	resp, err = kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 3, EventId: 1},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_PROMOTE, Cluster: "orders", Node: "pg-eu"})
+	if err != nil || !resp.GetDone() || !strings.Contains(resp.GetDetail(), "already a primary") {
+		t.Errorf("repeated PROMOTE: %v %v", resp, err)
+	}
+}
