@@ -356,7 +356,7 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 			if k.state.Get().Fence == FenceInstruction {
 				reason = FenceInstruction
 			}
-			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil {
+			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil && ctx.Err() == nil {
 				k.log.Error("COULD NOT FENCE the server: it may take writes without a lease", "err", err)
 			}
 		}
@@ -401,7 +401,7 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 			if instructed {
 				reason = FenceInstruction
 			}
-			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil {
+			if err := k.fence(ctx, reason, sqlFenceBudget(k.cfg.FenceMargin.Duration)); err != nil && ctx.Err() == nil {
 				k.log.Error("COULD NOT FENCE the server: it may take writes without a lease", "err", err)
 			}
 		}
@@ -456,6 +456,11 @@ func (k *Keeper) fence(ctx context.Context, reason FenceReason, sqlBudget time.D
 		err = fencing.FenceSQL(fctx, t)
 	}
 	cancel()
+	if err != nil && ctx.Err() != nil {
+		// The keeper is stopping (Shutdown fences once more, on a context of its own) or
+		// the instruction's caller gave up.
+		return fmt.Errorf("fence: interrupted: %w", ctx.Err())
+	}
 	if err != nil {
 		k.log.Warn("SQL fence failed; stopping PostgreSQL immediately", "err", err)
 		how = "stop"
