@@ -2,10 +2,12 @@
 package deploy
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/regentdb/regent/config"
+	"github.com/regentdb/regent/keeper"
 	"github.com/regentdb/regent/spec"
 )
 
@@ -22,4 +24,16 @@ func TestExamplesParse(t *testing.T) {
 	if _, err := spec.ParseFile("examples/orders.yaml"); err != nil {
 		t.Errorf("orders.yaml: %v", err)
 	}
+	if _, err := keeper.ParseConfig(mustRead(t, "examples/keeper-pg-us.yaml"), "examples/keeper-pg-us.yaml"); err != nil {
+		t.Errorf("keeper-pg-us.yaml: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
