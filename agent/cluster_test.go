@@ -14,8 +14,10 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/regentdb/regent/cli"
+	"github.com/regentdb/regent/fsm"
 	"github.com/regentdb/regent/internal/witnesstest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
@@ -549,5 +551,45 @@ func TestLeaseRenewalsAndDurableRevocation(t *testing.T) {
 	witnesstest.Eventually(t, wait, "no leader", func() bool { id, _ := c.Agents[leader].Store().Leader(); return id == "" })
 	if r := renew(leader, "pg-us", 1); !r.GetGranted() {
 		t.Errorf("renewal refused during an election: %v", r)
+	}
+}
+
+// Once a failover is past its fence, the candidate's keeper may take the next epoch, and the
+// old primary gets nothing more.
+func TestLeaseGoesToTheCandidateOncePastTheFence(t *testing.T) {
+	c := witnesstest.Start(t, 3, witnesstest.Options{})
+	leader := c.WaitLeader(wait)
+	c.WaitReady(wait)
+	ctx := witnesstest.Context(t, 2*wait)
+	applyRetrying(t, ctx, c, leader, ordersSpec("orders"))
+	st := c.Agents[leader].Store()
+	propose := func(typ regentv1.CommandType, p proto.Message) *fsm.Result {
+		t.Helper()
+		res, err := st.Propose(ctx, typ, p, "test")
+		if err != nil || res.Err != nil {
+			t.Fatalf("%v: %v %v", typ, err, res.Err)
+		}
+		return res
+	}
+	ev := propose(regentv1.CommandType_COMMAND_TYPE_START_FAILOVER, &regentv1.StartFailoverCommand{
+		Cluster: "orders", FromNode: "pg-us", ToNode: "pg-eu", TriggerReason: "test", Term: st.Term()}).Event
+	renew := func(node string, epoch uint64) *regentv1.RenewLeaseResponse {
+		t.Helper()
+		resp, err := c.Client(leader).RenewLease(ctx, &regentv1.RenewLeaseRequest{Cluster: "orders", Node: node, Epoch: epoch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if r := renew("pg-eu", 2); r.GetGranted() {
+		t.Errorf("candidate granted the next epoch before the fence: %v", r)
+	}
+	propose(regentv1.CommandType_COMMAND_TYPE_ADVANCE_FAILOVER, &regentv1.AdvanceFailoverCommand{
+		EventId: ev.GetId(), Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED, Term: st.Term(), FenceMethod: "sql"})
+	if r := renew("pg-eu", 2); !r.GetGranted() || r.GetCurrentEpoch() != 2 || r.GetPrimary() != "pg-eu" {
+		t.Errorf("candidate past the fence: %v", r)
+	}
+	if r := renew("pg-us", 1); r.GetGranted() {
+		t.Errorf("old primary granted after its fence: %v", r)
 	}
 }

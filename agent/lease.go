@@ -84,17 +84,32 @@ func (a *Agent) renewLease(req *regentv1.RenewLeaseRequest) *regentv1.RenewLease
 		return resp
 	}
 	resp.CurrentEpoch, resp.Primary = c.GetLeaseEpoch(), c.GetPrimary()
+	// Once a failover is past its fence, the old lease is over and the candidate is about to
+	// be promoted: its keeper may take the next epoch now, so that a slow promotion is not
+	// fenced by the candidate's own keeper before the promoted step commits.
+	if ev := a.promoting(c.GetName()); ev != nil {
+		resp.CurrentEpoch, resp.Primary = c.GetLeaseEpoch()+1, ev.GetToNode()
+	}
 	switch {
 	case req.GetEpoch() <= a.leases.Revoked(req.GetCluster()):
 		resp.Reason = fmt.Sprintf("epoch %d is revoked", req.GetEpoch())
-	case req.GetNode() != c.GetPrimary():
-		resp.Reason = fmt.Sprintf("%s is not the primary (%s is, epoch %d)", req.GetNode(), c.GetPrimary(), c.GetLeaseEpoch())
-	case req.GetEpoch() != c.GetLeaseEpoch():
-		resp.Reason = fmt.Sprintf("epoch %d is not the current epoch %d", req.GetEpoch(), c.GetLeaseEpoch())
+	case req.GetNode() != resp.GetPrimary():
+		resp.Reason = fmt.Sprintf("%s is not the primary (%s is, epoch %d)", req.GetNode(), resp.GetPrimary(), resp.GetCurrentEpoch())
+	case req.GetEpoch() != resp.GetCurrentEpoch():
+		resp.Reason = fmt.Sprintf("epoch %d is not the current epoch %d", req.GetEpoch(), resp.GetCurrentEpoch())
 	default:
 		resp.Granted = true
 	}
 	return resp
+}
+
+// promoting returns the cluster's open failover when it is past the fence and not yet
+// promoted (step FENCED), else nil.
+func (a *Agent) promoting(cluster string) *regentv1.FailoverEvent {
+	if ev, ok := a.fsm.OpenFailover(cluster); ok && ev.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_FENCED {
+		return ev
+	}
+	return nil
 }
 
 func (a *Agent) revokeLease(req *regentv1.RevokeLeaseRequest) error {

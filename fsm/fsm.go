@@ -168,6 +168,23 @@ func (f *FSM) Member(name string) (*regentv1.Member, bool) {
 	return proto.Clone(f.state.Members[i]).(*regentv1.Member), true
 }
 
+// OpenFailover returns a copy of the cluster's failover event that is neither completed nor
+// aborted (there is at most one), without copying the rest of the state.
+func (f *FSM) OpenFailover(cluster string) (*regentv1.FailoverEvent, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for i := len(f.state.FailoverEvents) - 1; i >= 0; i-- {
+		ev := f.state.FailoverEvents[i]
+		if ev.GetCluster() != cluster {
+			continue
+		}
+		if s := ev.GetStep(); s != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED && s != regentv1.FailoverStep_FAILOVER_STEP_ABORTED {
+			return proto.Clone(ev).(*regentv1.FailoverEvent), true
+		}
+	}
+	return nil, false
+}
+
 // MemberByID returns a copy of the witness with that id (its Raft server ID).
 func (f *FSM) MemberByID(id string) (*regentv1.Member, bool) {
 	f.mu.RLock()
