@@ -1,7 +1,7 @@
 // Package keeper is `regent keeper`, the agent beside each PostgreSQL server. It holds the
 // primary's quorum lease (renewed from a majority of the witnesses, never from the leader
 // alone) and fences its server before the lease can run out; it obeys the leader's
-// instructions (fence, unfence, stop, promote, restart) only with a fencing token at least the
+// instructions (fence, unfence, stop, promote, restart, rejoin) only with a fencing token at least the
 // highest it has obeyed; it starts its server at boot as a writable primary only when the
 // witnesses name it primary and grant its lease, and restarts a crashed primary in place; and
 // it serves Patroni-compatible health endpoints for HAProxy. DESIGN.md explains why.

@@ -226,9 +226,9 @@ func TestInstructTokens(t *testing.T) {
 	if st := k.Status(ctx, false); !st.HoldsLease || st.FenceReason != FenceInstruction {
 		t.Errorf("under the FENCE instruction: %+v", st)
 	}
-	_, err = instruct(kc, 1, 6, regentv1.KeeperAction_KEEPER_ACTION_REJOIN)
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "rejoin lands with the rejoin work") {
-		t.Errorf("REJOIN: %v", err)
+	_, err = instruct(kc, 1, 6, regentv1.KeeperAction_KEEPER_ACTION_DEMOTE)
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "switchover") {
+		t.Errorf("DEMOTE: %v", err)
 	}
 	if _, err := kc.Instruct(ctx, &regentv1.InstructRequest{Action: fence, Cluster: "orders", Node: "pg-us"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("no token: %v", err)

@@ -54,9 +54,12 @@ type rig struct {
 func startRig(t *testing.T) *rig { return startRigTTL(t, testTTL) }
 
 // startRigTTL is startRig with the cluster's (and the keepers') lease_ttl.
-func startRigTTL(t *testing.T, ttl time.Duration) *rig {
+func startRigTTL(t *testing.T, ttl time.Duration) *rig { return startRigWith(t, ttl, nil) }
+
+// startRigWith is startRigTTL with extra postgresql.conf settings on every server.
+func startRigWith(t *testing.T, ttl time.Duration, settings map[string]string) *rig {
 	t.Helper()
-	b := pgtest.Start(t, pgtest.Options{Standbys: 2})
+	b := pgtest.Start(t, pgtest.Options{Standbys: 2, Settings: settings})
 	r := &rig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2], ttl: ttl}
 	r.nodes = map[string]*pgtest.Server{"pg-us": r.primary, "pg-eu": r.eu, "pg-ap": r.ap}
 	// Servers the keeper restarted with pg_ctl are not pgtest's children: stop them before

@@ -41,11 +41,11 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 	switch act {
 	case regentv1.KeeperAction_KEEPER_ACTION_FENCE, regentv1.KeeperAction_KEEPER_ACTION_UNFENCE,
 		regentv1.KeeperAction_KEEPER_ACTION_STOP, regentv1.KeeperAction_KEEPER_ACTION_PROMOTE,
-		regentv1.KeeperAction_KEEPER_ACTION_RESTART:
-	case regentv1.KeeperAction_KEEPER_ACTION_DEMOTE, regentv1.KeeperAction_KEEPER_ACTION_REJOIN:
-		return nil, status.Error(codes.Unimplemented, "rejoin lands with the rejoin work")
+		regentv1.KeeperAction_KEEPER_ACTION_RESTART, regentv1.KeeperAction_KEEPER_ACTION_REJOIN:
+	case regentv1.KeeperAction_KEEPER_ACTION_DEMOTE:
+		return nil, status.Error(codes.Unimplemented, "demote lands with the switchover work")
 	default:
-		return nil, status.Errorf(codes.InvalidArgument, "action %v is not one this keeper knows: use FENCE, UNFENCE, STOP, PROMOTE or RESTART", act)
+		return nil, status.Errorf(codes.InvalidArgument, "action %v is not one this keeper knows: use FENCE, UNFENCE, STOP, PROMOTE, RESTART or REJOIN", act)
 	}
 	tok := TokenFromProto(req.GetToken())
 
@@ -64,7 +64,19 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 	actx, cancel := context.WithTimeout(ctx, maxActionTime)
 	defer cancel()
 	k.log.Info("instruction", "action", act.String(), "token", tok.String())
-	done, detail, err := k.do(actx, act)
+	var (
+		done   bool
+		detail string
+		err    error
+	)
+	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
+		if req.GetUpstreamPort() > 65535 {
+			return nil, status.Errorf(codes.InvalidArgument, "upstream_port %d is not a port", req.GetUpstreamPort())
+		}
+		done, detail, err = k.doRejoin(actx, tok, req.GetUpstreamHost(), uint16(req.GetUpstreamPort()))
+	} else {
+		done, detail, err = k.do(actx, act)
+	}
 	if err != nil {
 		k.log.Warn("instruction did not complete", "action", act.String(), "token", tok.String(), "err", err)
 		detail = err.Error()

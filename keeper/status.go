@@ -45,6 +45,10 @@ type Status struct {
 	FencedAt time.Time
 	// Highest is the newest fencing token obeyed.
 	Highest Token
+	// LastRejoin is the last completed REJOIN's result (RejoinResult as JSON; empty: none) and
+	// LastRejoinToken its token. KeeperStatus has no field for them yet.
+	LastRejoin      string
+	LastRejoinToken Token
 	// ObservedAt is when the server was queried; ObserveError why the query failed.
 	ObservedAt   time.Time
 	ObserveError string
@@ -100,6 +104,8 @@ func (k *Keeper) Status(ctx context.Context, full bool) Status {
 		Stopped:         st.Stopped,
 		FencedAt:        k.fencedAt,
 		Highest:         st.Highest,
+		LastRejoin:      st.Rejoin,
+		LastRejoinToken: st.RejoinToken,
 		ObservedAt:      o.At,
 	}
 	k.mu.Unlock()

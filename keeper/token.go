@@ -75,6 +75,10 @@ type State struct {
 	// Stopped: a STOP instruction stopped PostgreSQL; the keeper does not start it until a
 	// RESTART (or PROMOTE) instruction.
 	Stopped bool `json:"stopped,omitempty"`
+	// Rejoin is the last completed REJOIN's result (RejoinResult as JSON) and RejoinToken the
+	// token it ran under: an equal token repeated answers it without redoing the rewind.
+	Rejoin      string `json:"rejoin,omitempty"`
+	RejoinToken Token  `json:"rejoin_token,omitzero"`
 }
 
 // stateFile is the name of the keeper's state file in state_dir.

@@ -1,0 +1,148 @@
+package keeper
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/regentdb/regent/internal/witnesstest"
+	"github.com/regentdb/regent/pgops"
+	"github.com/regentdb/regent/pgtest"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+)
+
+// lostRows is how many rows (one transaction each) the old primary commits after its
+// standby stopped: the failover loses exactly these.
+const lostRows = 25
+
+// REJOIN after a failover: the old primary's keeper measures the loss exactly, rewinds its
+// server onto the new primary's timeline and starts it as a standby streaming from it; an
+// equal token repeats the answer without redoing the work, an older one is refused.
+func TestRejoinAfterFailover(t *testing.T) {
+	// No autovacuum: the only transactions committed after the standby stops are the test's.
+	r := startRigWith(t, testTTL, map[string]string{"autovacuum": "off"})
+	ctx := witnesstest.Context(t, 4*time.Minute)
+	old, nu := r.primary, r.eu
+	if err := old.Exec(ctx, `CREATE TABLE `+pgtest.LoadTable+` (id bigserial PRIMARY KEY, payload text)`); err != nil {
+		t.Fatal(err)
+	}
+	// The witnesses' leader writes a heartbeat row on the primary (a commit) every probe
+	// interval: refuse those writes (they abort, and an abort is not a lost transaction) so
+	// that the test's rows are the only commits after the fork.
+	witnesstest.Eventually(t, wait, "the heartbeat table on the primary", func() bool {
+		var exists bool
+		return old.QueryRow(ctx, "SELECT to_regclass('regent.heartbeat') IS NOT NULL").Scan(&exists) == nil && exists
+	})
+	if err := old.Exec(ctx, `CREATE FUNCTION refuse_heartbeat() RETURNS trigger LANGUAGE plpgsql AS
+		$$BEGIN RAISE EXCEPTION 'no heartbeats in this test'; END$$;
+		CREATE TRIGGER refuse_heartbeat BEFORE INSERT OR UPDATE ON regent.heartbeat
+		FOR EACH ROW EXECUTE FUNCTION refuse_heartbeat()`); err != nil {
+		t.Fatal(err)
+	}
+	if err := nu.WaitCaughtUp(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	k := startKeeper(t, r.config(t, "pg-us"))
+	waitLease(t, k)
+	if err := nu.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := old.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for range lostRows {
+		var id int64
+		if err := c.QueryRow(ctx, `INSERT INTO `+pgtest.LoadTable+` (payload) VALUES (repeat('x', 300)) RETURNING id`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	c.Close(ctx)
+
+	// The leader's failover: revoke the old primary's epoch at a majority (its keeper fences
+	// it), the old primary dies, the standby is promoted.
+	for _, i := range []int{0, 1} {
+		retry(t, ctx, "revoke", func() error {
+			_, err := r.c.Client(i).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+			return err
+		})
+	}
+	witnesstest.Eventually(t, wait, "the keeper fencing its server", func() bool {
+		return !k.Status(ctx, false).FencedAt.IsZero()
+	})
+	if err := old.Kill9(); err != nil {
+		t.Fatal(err)
+	}
+	if err := nu.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := nu.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	kc := keeperClient(t, k)
+	rejoinReq := func(term, event uint64) *regentv1.InstructRequest {
+		return &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: term, EventId: event},
+			Action: regentv1.KeeperAction_KEEPER_ACTION_REJOIN, Cluster: "orders", Node: "pg-us",
+			UpstreamHost: nu.Host, UpstreamPort: uint32(nu.Port)}
+	}
+	resp, err := kc.Instruct(ctx, rejoinReq(2, 1))
+	if err != nil || !resp.GetDone() {
+		t.Fatalf("REJOIN: %v %v", resp, err)
+	}
+	var res RejoinResult
+	if err := json.Unmarshal([]byte(resp.GetDetail()), &res); err != nil {
+		t.Fatalf("REJOIN detail %q: %v", resp.GetDetail(), err)
+	}
+	t.Logf("REJOIN: %s", resp.GetDetail())
+	if res.LostTransactions != lostRows || res.DataLossBytes <= 0 || res.Method != "rewind" ||
+		res.Timeline != 1 || res.NewTimeline != 2 || res.Slot != "pg_us_slot" {
+		t.Errorf("REJOIN result %+v: want %d lost transactions, some bytes, a rewind from timeline 1 onto 2 via pg_us_slot", res, lostRows)
+	}
+	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
+		t.Fatal(err)
+	}
+	if tl, err := old.Timeline(ctx); err != nil || tl != 2 {
+		t.Errorf("the rejoined node receives timeline %d (%v), want 2", tl, err)
+	}
+	if rec, err := old.IsInRecovery(ctx); err != nil || !rec {
+		t.Errorf("the rejoined node in recovery: %v %v", rec, err)
+	}
+	missing, err := nu.MissingRows(ctx, ids)
+	if err != nil || len(missing) != lostRows {
+		t.Errorf("rows missing on the new primary: %d of %d (%v)", len(missing), lostRows, err)
+	}
+
+	// The same token again: the same answer, nothing redone.
+	again, err := kc.Instruct(ctx, rejoinReq(2, 1))
+	if err != nil || !again.GetDone() || again.GetDetail() != resp.GetDetail() {
+		t.Errorf("repeated REJOIN (2,1): %v %v; want the first answer %q", again, err, resp.GetDetail())
+	}
+	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
+		t.Errorf("after the repeated REJOIN: %v", err)
+	}
+	// An older token is refused.
+	if _, err := kc.Instruct(ctx, rejoinReq(1, 9)); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "term 1, event 9") {
+		t.Errorf("stale REJOIN (1,9): %v, want FailedPrecondition", err)
+	}
+	st := k.Status(ctx, true)
+	if st.LastRejoin != resp.GetDetail() || st.LastRejoinToken != (Token{Term: 2, Event: 1}) || !st.InRecovery || st.Fenced {
+		t.Errorf("status after the rejoin: %+v", st)
+	}
+	// The keeper leaves the standby alone: still streaming a lease period later.
+	throughout(t, 2*testTTL, 200*time.Millisecond, func() string {
+		if o := k.observe(ctx, time.Second); o.OK && !o.InRecovery {
+			return "the rejoined node left recovery"
+		}
+		return ""
+	})
+	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
+		t.Errorf("a lease period after the rejoin: %v", err)
+	}
+}
