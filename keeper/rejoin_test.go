@@ -92,6 +92,11 @@ func TestRejoinAfterFailover(t *testing.T) {
 			Action: regentv1.KeeperAction_KEEPER_ACTION_REJOIN, Cluster: "orders", Node: "pg-us",
 			UpstreamHost: nu.Host, UpstreamPort: uint32(nu.Port)}
 	}
+	noUpstream := rejoinReq(2, 1)
+	noUpstream.UpstreamHost = ""
+	if _, err := kc.Instruct(ctx, noUpstream); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("REJOIN without upstream: %v, want InvalidArgument", err)
+	}
 	resp, err := kc.Instruct(ctx, rejoinReq(2, 1))
 	if err != nil || !resp.GetDone() {
 		t.Fatalf("REJOIN: %v %v", resp, err)

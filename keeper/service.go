@@ -47,6 +47,11 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "action %v is not one this keeper knows: use FENCE, UNFENCE, STOP, PROMOTE, RESTART or REJOIN", act)
 	}
+	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
+		if req.GetUpstreamHost() == "" || req.GetUpstreamPort() == 0 || req.GetUpstreamPort() > 65535 {
+			return nil, status.Errorf(codes.InvalidArgument, "REJOIN needs upstream_host and upstream_port (1-65535): the new primary to stream from (got %q:%d)", req.GetUpstreamHost(), req.GetUpstreamPort())
+		}
+	}
 	tok := TokenFromProto(req.GetToken())
 
 	k.actMu.Lock()
@@ -70,9 +75,6 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		err    error
 	)
 	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
-		if req.GetUpstreamPort() > 65535 {
-			return nil, status.Errorf(codes.InvalidArgument, "upstream_port %d is not a port", req.GetUpstreamPort())
-		}
 		done, detail, err = k.doRejoin(actx, tok, req.GetUpstreamHost(), uint16(req.GetUpstreamPort()))
 	} else {
 		done, detail, err = k.do(actx, act)
