@@ -101,12 +101,8 @@ func (s *Server) Failover(ctx context.Context, req *regentv1.FailoverRequest) (*
 	if req.GetCluster() == "" {
 		return nil, invalid("cluster", "is required")
 	}
-	if !s.store.IsLeader() {
-		c, fctx, err := s.leaderClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return c.Failover(fctx, req)
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.Failover); fwd {
+		return resp, err
 	}
 	s.mu.Lock()
 	h := s.onFailover
@@ -179,12 +175,8 @@ func (s *Server) Report(ctx context.Context, req *regentv1.ReportRequest) (*rege
 			return nil, invalid(fmt.Sprintf("observations[%d]", i), "needs cluster, node and at")
 		}
 	}
-	if !s.store.IsLeader() {
-		c, fctx, err := s.leaderClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return c.Report(fctx, req)
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.Report); fwd {
+		return resp, err
 	}
 	s.mu.Lock()
 	h := s.onReport
@@ -310,6 +302,37 @@ func (s *Server) propose(ctx context.Context, t regentv1.CommandType, payload pr
 	return res, nil
 }
 
+// toLeader forwards a write to the leader's API when this witness does not lead; forwarded is
+// false when the caller (the leader) must handle the request itself.
+func toLeader[Req, Resp any](s *Server, ctx context.Context, req Req,
+	call func(regentv1.RegentClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, forwarded bool, err error) {
+	if s.store.IsLeader() {
+		return resp, false, nil
+	}
+	c, fctx, err := s.leaderClient(ctx)
+	if err != nil {
+		return resp, true, err
+	}
+	resp, err = call(c, fctx, req)
+	return resp, true, err
+}
+
+// readVia answers a read through the leader when it must be linearizable and this witness does
+// not lead (or fails it when leadership cannot be confirmed); handled is false when the caller
+// answers from its own state.
+func readVia[Req, Resp any](s *Server, ctx context.Context, opts *regentv1.ReadOptions, req Req,
+	call func(regentv1.RegentClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (resp Resp, handled bool, err error) {
+	c, fctx, err := s.read(ctx, opts)
+	if err != nil {
+		return resp, true, err
+	}
+	if c == nil {
+		return resp, false, nil
+	}
+	resp, err = call(c, fctx, req)
+	return resp, true, err
+}
+
 // read prepares a read: linearizable reads go to the leader, which confirms it still leads.
 // It returns a non-nil client when the read must be forwarded.
 func (s *Server) read(ctx context.Context, opts *regentv1.ReadOptions) (regentv1.RegentClient, context.Context, error) {
@@ -328,11 +351,8 @@ func invalid(field, msg string) error {
 
 // GetState answers the whole picture.
 func (s *Server) GetState(ctx context.Context, req *regentv1.GetStateRequest) (*regentv1.GetStateResponse, error) {
-	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
-		if err != nil {
-			return nil, err
-		}
-		return c.GetState(fctx, req)
+	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.GetState); fwd {
+		return resp, err
 	}
 	st, idx := s.fsm.State()
 	leader, members := s.memberStatus()
@@ -355,12 +375,8 @@ func (s *Server) ApplyCluster(ctx context.Context, req *regentv1.ApplyClusterReq
 	if err := spec.Validate(req.GetSpec()); err != nil {
 		return nil, toStatus(err)
 	}
-	if !s.store.IsLeader() {
-		c, fctx, err := s.leaderClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return c.ApplyCluster(fctx, req)
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.ApplyCluster); fwd {
+		return resp, err
 	}
 	sp := proto.Clone(req.GetSpec()).(*regentv1.ClusterSpec)
 	sp.Policy = spec.WithDefaults(sp.GetPolicy())
@@ -376,12 +392,8 @@ func (s *Server) DeleteCluster(ctx context.Context, req *regentv1.DeleteClusterR
 	if req.GetName() == "" {
 		return nil, invalid("name", "is required")
 	}
-	if !s.store.IsLeader() {
-		c, fctx, err := s.leaderClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return c.DeleteCluster(fctx, req)
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.DeleteCluster); fwd {
+		return resp, err
 	}
 	res, err := s.propose(ctx, regentv1.CommandType_COMMAND_TYPE_DELETE_CLUSTER, &regentv1.DeleteClusterCommand{Name: req.GetName()})
 	if err != nil {
@@ -392,11 +404,8 @@ func (s *Server) DeleteCluster(ctx context.Context, req *regentv1.DeleteClusterR
 
 // ListClusters returns every cluster.
 func (s *Server) ListClusters(ctx context.Context, req *regentv1.ListClustersRequest) (*regentv1.ListClustersResponse, error) {
-	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
-		if err != nil {
-			return nil, err
-		}
-		return c.ListClusters(fctx, req)
+	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.ListClusters); fwd {
+		return resp, err
 	}
 	st, idx := s.fsm.State()
 	return &regentv1.ListClustersResponse{Clusters: st.GetClusters(), Index: idx}, nil
@@ -404,11 +413,8 @@ func (s *Server) ListClusters(ctx context.Context, req *regentv1.ListClustersReq
 
 // ListChannels returns replication channels, optionally of one cluster.
 func (s *Server) ListChannels(ctx context.Context, req *regentv1.ListChannelsRequest) (*regentv1.ListChannelsResponse, error) {
-	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
-		if err != nil {
-			return nil, err
-		}
-		return c.ListChannels(fctx, req)
+	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.ListChannels); fwd {
+		return resp, err
 	}
 	st, idx := s.fsm.State()
 	if err := s.checkCluster(st, req.GetCluster()); err != nil {
@@ -425,11 +431,8 @@ func (s *Server) ListChannels(ctx context.Context, req *regentv1.ListChannelsReq
 
 // ListFailoverEvents returns failover events, optionally of one cluster.
 func (s *Server) ListFailoverEvents(ctx context.Context, req *regentv1.ListFailoverEventsRequest) (*regentv1.ListFailoverEventsResponse, error) {
-	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
-		if err != nil {
-			return nil, err
-		}
-		return c.ListFailoverEvents(fctx, req)
+	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.ListFailoverEvents); fwd {
+		return resp, err
 	}
 	st, idx := s.fsm.State()
 	var out []*regentv1.FailoverEvent
@@ -456,11 +459,8 @@ func (s *Server) checkCluster(st *regentv1.State, name string) error {
 
 // Members returns the witnesses with their Raft roles.
 func (s *Server) Members(ctx context.Context, req *regentv1.MembersRequest) (*regentv1.MembersResponse, error) {
-	if c, fctx, err := s.read(ctx, req.GetRead()); err != nil || c != nil {
-		if err != nil {
-			return nil, err
-		}
-		return c.Members(fctx, req)
+	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.Members); fwd {
+		return resp, err
 	}
 	leader, members := s.memberStatus()
 	return &regentv1.MembersResponse{Leader: leader, Members: members}, nil
@@ -534,12 +534,8 @@ func (s *Server) RemoveMember(ctx context.Context, req *regentv1.RemoveMemberReq
 	if req.GetName() == "" {
 		return nil, invalid("name", "is required")
 	}
-	if !s.store.IsLeader() {
-		c, fctx, err := s.leaderClient(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return c.RemoveMember(fctx, req)
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.RemoveMember); fwd {
+		return resp, err
 	}
 	m, ok := s.fsm.Member(req.GetName())
 	if !ok {
