@@ -28,6 +28,7 @@ import (
 
 	"github.com/regentdb/regent/agent"
 	"github.com/regentdb/regent/heartbeat"
+	"github.com/regentdb/regent/internal/poll"
 	"github.com/regentdb/regent/internal/witnesstest"
 	"github.com/regentdb/regent/pgtest"
 	"github.com/regentdb/regent/probe"
@@ -256,18 +257,17 @@ func idleProbeCost(ctx context.Context, b *testing.B, pg *pgtest.Bench, servers 
 // one; without a leader (an overloaded cluster may go a long time without) it returns 0,
 // whose applied state is then the one looked at.
 func someLeader(c *witnesstest.Cluster) int {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	leader := 0
+	poll.Until(10*time.Second, 50*time.Millisecond, func() bool {
 		for i, a := range c.Agents {
 			if a != nil && a.Store().IsLeader() {
-				return i
+				leader = i
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			return 0
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return false
+	})
+	return leader
 }
 
 // applyRange applies clusters from..to-1 through client, 8 at a time.
