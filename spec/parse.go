@@ -46,7 +46,7 @@ var (
 	policyKeys = []string{"probe_interval", "probe_timeout", "down_after", "lease_ttl",
 		"lag_alert_threshold", "failover_lag_threshold", "max_lag_on_failover", "cooldown",
 		"fence_methods", "fence_command", "fence_fallback", "pre_promote_command", "post_failover_command",
-		"command_timeout"}
+		"command_timeout", "primary_start_timeout", "switchover_timeout"}
 	dnsKeys = []string{"server", "zone", "record", "ttl", "tsig_key"}
 )
 
@@ -380,6 +380,8 @@ func (p *parser) policy(n *yaml.Node) *regentv1.Policy {
 	dur("failover_lag_threshold", &pol.FailoverLagThresholdMs, defaults.FailoverLagThresholdMs)
 	dur("cooldown", &pol.CooldownMs, defaults.CooldownMs)
 	dur("command_timeout", &pol.CommandTimeoutMs, defaults.CommandTimeoutMs)
+	dur("primary_start_timeout", &pol.PrimaryStartTimeoutMs, defaults.PrimaryStartTimeoutMs)
+	dur("switchover_timeout", &pol.SwitchoverTimeoutMs, defaults.SwitchoverTimeoutMs)
 	if v := m["max_lag_on_failover"]; !isNull(v) {
 		const field = "policy.max_lag_on_failover"
 		if v.Kind != yaml.ScalarNode {

@@ -38,6 +38,8 @@ func TestParseFileExample(t *testing.T) {
 			PrePromoteCommand:      "/usr/local/bin/check-orders-ready",
 			PostFailoverCommand:    "/usr/local/bin/notify-orders-failover",
 			CommandTimeoutMs:       10000,
+			PrimaryStartTimeoutMs:  30000,
+			SwitchoverTimeoutMs:    30000,
 		},
 		Dns: &regentv1.DnsSpec{Server: "127.0.0.1:5353", Zone: "example.test.",
 			Record: "orders-primary.example.test.", Ttl: 5, TsigKey: "regent-key"},
@@ -129,7 +131,7 @@ nodes:
 			name: "unknown policy and dns keys",
 			yaml: minimal + "policy: {probe_intervall: 1s}\ndns: {zone: a., ttl: 5, secret: x}\n",
 			want: []string{
-				`orders.yaml:5: unknown key "probe_intervall" in policy (known: probe_interval, probe_timeout, down_after, lease_ttl, lag_alert_threshold, failover_lag_threshold, max_lag_on_failover, cooldown, fence_methods, fence_command, fence_fallback, pre_promote_command, post_failover_command, command_timeout)`,
+				`orders.yaml:5: unknown key "probe_intervall" in policy (known: probe_interval, probe_timeout, down_after, lease_ttl, lag_alert_threshold, failover_lag_threshold, max_lag_on_failover, cooldown, fence_methods, fence_command, fence_fallback, pre_promote_command, post_failover_command, command_timeout, primary_start_timeout, switchover_timeout)`,
 				`orders.yaml:6: unknown key "secret" in dns (known: server, zone, record, ttl, tsig_key)`,
 			},
 		},

@@ -85,6 +85,8 @@ const (
 	DefaultMaxLagOnFailover     = 16 * 1024 * 1024 // bytes
 	DefaultCooldown             = 5 * time.Minute
 	DefaultCommandTimeout       = 10 * time.Second
+	DefaultPrimaryStartTimeout  = 30 * time.Second
+	DefaultSwitchoverTimeout    = 30 * time.Second
 	DefaultFenceFallback        = FallbackWait
 )
 
@@ -138,6 +140,8 @@ func WithDefaults(p *regentv1.Policy) *regentv1.Policy {
 	setMS(&out.FailoverLagThresholdMs, DefaultFailoverLagThreshold)
 	setMS(&out.CooldownMs, DefaultCooldown)
 	setMS(&out.CommandTimeoutMs, DefaultCommandTimeout)
+	setMS(&out.PrimaryStartTimeoutMs, DefaultPrimaryStartTimeout)
+	setMS(&out.SwitchoverTimeoutMs, DefaultSwitchoverTimeout)
 	if out.MaxLagOnFailoverBytes == 0 {
 		out.MaxLagOnFailoverBytes = DefaultMaxLagOnFailover
 	}
@@ -281,6 +285,8 @@ func validatePolicy(p *regentv1.Policy) []error {
 		{"failover_lag_threshold", p.GetFailoverLagThresholdMs()},
 		{"cooldown", p.GetCooldownMs()},
 		{"command_timeout", p.GetCommandTimeoutMs()},
+		{"primary_start_timeout", p.GetPrimaryStartTimeoutMs()},
+		{"switchover_timeout", p.GetSwitchoverTimeoutMs()},
 	}
 	negative := false
 	for _, d := range durations {

@@ -198,6 +198,7 @@ func TestWithDefaults(t *testing.T) {
 		ProbeIntervalMs: 500, ProbeTimeoutMs: 400, DownAfterMs: 1500, LeaseTtlMs: 2000,
 		LagAlertThresholdMs: 60000, FailoverLagThresholdMs: 300000, MaxLagOnFailoverBytes: 16 * 1024 * 1024, CooldownMs: 300000,
 		FenceMethods: []string{"sql"}, FenceFallback: "wait", CommandTimeoutMs: 10000,
+		PrimaryStartTimeoutMs: 30000, SwitchoverTimeoutMs: 30000,
 	}
 	if got := WithDefaults(nil); !proto.Equal(got, all) {
 		t.Fatalf("WithDefaults(nil) = %v, want %v", got, all)

@@ -1552,6 +1552,121 @@ func (x *FailoverResponse) GetEvent() *FailoverEvent {
 	return nil
 }
 
+type SwitchoverRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Node to promote (required).
+	To string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// Bound on waiting for the target to replay the old primary's final LSN; 0 takes the policy's
+	// switchover_timeout.
+	TimeoutMs     int64  `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverRequest) Reset() {
+	*x = SwitchoverRequest{}
+	mi := &file_regent_v1_api_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverRequest) ProtoMessage() {}
+
+func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
+func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SwitchoverRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *SwitchoverRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *SwitchoverRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *SwitchoverRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type SwitchoverResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *FailoverEvent         `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverResponse) Reset() {
+	*x = SwitchoverResponse{}
+	mi := &file_regent_v1_api_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverResponse) ProtoMessage() {}
+
+func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
+func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SwitchoverResponse) GetEvent() *FailoverEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 type PauseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -1562,7 +1677,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[25]
+	mi := &file_regent_v1_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1689,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[25]
+	mi := &file_regent_v1_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1702,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{25}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PauseRequest) GetCluster() string {
@@ -1613,7 +1728,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[26]
+	mi := &file_regent_v1_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1740,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[26]
+	mi := &file_regent_v1_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1753,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{26}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseResponse) GetCluster() *Cluster {
@@ -1657,7 +1772,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[27]
+	mi := &file_regent_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1784,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[27]
+	mi := &file_regent_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1797,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResumeRequest) GetCluster() string {
@@ -1701,7 +1816,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[28]
+	mi := &file_regent_v1_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1828,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[28]
+	mi := &file_regent_v1_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1841,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{28}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeResponse) GetCluster() *Cluster {
@@ -1747,7 +1862,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[29]
+	mi := &file_regent_v1_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1874,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[29]
+	mi := &file_regent_v1_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1887,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{29}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewLeaseRequest) GetCluster() string {
@@ -1804,15 +1919,19 @@ type RenewLeaseResponse struct {
 	// Why not, when not granted.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The epoch and primary this witness's replicated state holds for the cluster.
-	CurrentEpoch  uint64 `protobuf:"varint,4,opt,name=current_epoch,json=currentEpoch,proto3" json:"current_epoch,omitempty"`
-	Primary       string `protobuf:"bytes,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	CurrentEpoch uint64 `protobuf:"varint,4,opt,name=current_epoch,json=currentEpoch,proto3" json:"current_epoch,omitempty"`
+	Primary      string `protobuf:"bytes,5,opt,name=primary,proto3" json:"primary,omitempty"`
+	// The cluster policy's lease_ttl and the number of Raft voters this witness knows, so the
+	// keeper uses the same lease settings and majority as the leader.
+	LeaseTtlMs    int64  `protobuf:"varint,6,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	Voters        uint32 `protobuf:"varint,7,opt,name=voters,proto3" json:"voters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[30]
+	mi := &file_regent_v1_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1943,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[30]
+	mi := &file_regent_v1_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +1956,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{30}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewLeaseResponse) GetGranted() bool {
@@ -1875,6 +1994,20 @@ func (x *RenewLeaseResponse) GetPrimary() string {
 	return ""
 }
 
+func (x *RenewLeaseResponse) GetLeaseTtlMs() int64 {
+	if x != nil {
+		return x.LeaseTtlMs
+	}
+	return 0
+}
+
+func (x *RenewLeaseResponse) GetVoters() uint32 {
+	if x != nil {
+		return x.Voters
+	}
+	return 0
+}
+
 type RevokeLeaseRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -1888,7 +2021,7 @@ type RevokeLeaseRequest struct {
 
 func (x *RevokeLeaseRequest) Reset() {
 	*x = RevokeLeaseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[31]
+	mi := &file_regent_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2033,7 @@ func (x *RevokeLeaseRequest) String() string {
 func (*RevokeLeaseRequest) ProtoMessage() {}
 
 func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[31]
+	mi := &file_regent_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2046,7 @@ func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeLeaseRequest) GetCluster() string {
@@ -1945,15 +2078,19 @@ func (x *RevokeLeaseRequest) GetEventId() uint64 {
 }
 
 type RevokeLeaseResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Witness       string                 `protobuf:"bytes,1,opt,name=witness,proto3" json:"witness,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Witness string                 `protobuf:"bytes,1,opt,name=witness,proto3" json:"witness,omitempty"`
+	// How long before this revocation (by the witness's own clock) it last granted a renewal of
+	// the revoked epoch; 0 when it does not know (for instance after a restart), which is the
+	// safe answer: the leader may shorten its wait by no more than this.
+	SinceLastGrantMs int64 `protobuf:"varint,2,opt,name=since_last_grant_ms,json=sinceLastGrantMs,proto3" json:"since_last_grant_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RevokeLeaseResponse) Reset() {
 	*x = RevokeLeaseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[32]
+	mi := &file_regent_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2102,7 @@ func (x *RevokeLeaseResponse) String() string {
 func (*RevokeLeaseResponse) ProtoMessage() {}
 
 func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[32]
+	mi := &file_regent_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2115,7 @@ func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeLeaseResponse) GetWitness() string {
@@ -1986,6 +2123,13 @@ func (x *RevokeLeaseResponse) GetWitness() string {
 		return x.Witness
 	}
 	return ""
+}
+
+func (x *RevokeLeaseResponse) GetSinceLastGrantMs() int64 {
+	if x != nil {
+		return x.SinceLastGrantMs
+	}
+	return 0
 }
 
 var File_regent_v1_api_proto protoreflect.FileDescriptor
@@ -2103,6 +2247,14 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x05force\x18\x03 \x01(\bR\x05force\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\"B\n" +
 	"\x10FailoverResponse\x12.\n" +
+	"\x05event\x18\x01 \x01(\v2\x18.regent.v1.FailoverEventR\x05event\"t\n" +
+	"\x11SwitchoverRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"D\n" +
+	"\x12SwitchoverResponse\x12.\n" +
 	"\x05event\x18\x01 \x01(\v2\x18.regent.v1.FailoverEventR\x05event\"@\n" +
 	"\fPauseRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
@@ -2116,20 +2268,24 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x11RenewLeaseRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x9f\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xd9\x01\n" +
 	"\x12RenewLeaseResponse\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\bR\agranted\x12\x18\n" +
 	"\awitness\x18\x02 \x01(\tR\awitness\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n" +
 	"\rcurrent_epoch\x18\x04 \x01(\x04R\fcurrentEpoch\x12\x18\n" +
-	"\aprimary\x18\x05 \x01(\tR\aprimary\"s\n" +
+	"\aprimary\x18\x05 \x01(\tR\aprimary\x12 \n" +
+	"\flease_ttl_ms\x18\x06 \x01(\x03R\n" +
+	"leaseTtlMs\x12\x16\n" +
+	"\x06voters\x18\a \x01(\rR\x06voters\"s\n" +
 	"\x12RevokeLeaseRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04term\x18\x03 \x01(\x04R\x04term\x12\x19\n" +
-	"\bevent_id\x18\x04 \x01(\x04R\aeventId\"/\n" +
+	"\bevent_id\x18\x04 \x01(\x04R\aeventId\"^\n" +
 	"\x13RevokeLeaseResponse\x12\x18\n" +
-	"\awitness\x18\x01 \x01(\tR\awitness2\xdd\b\n" +
+	"\awitness\x18\x01 \x01(\tR\awitness\x12-\n" +
+	"\x13since_last_grant_ms\x18\x02 \x01(\x03R\x10sinceLastGrantMs2\xa8\t\n" +
 	"\x06Regent\x12C\n" +
 	"\bGetState\x12\x1a.regent.v1.GetStateRequest\x1a\x1b.regent.v1.GetStateResponse\x12O\n" +
 	"\fApplyCluster\x12\x1e.regent.v1.ApplyClusterRequest\x1a\x1f.regent.v1.ApplyClusterResponse\x12R\n" +
@@ -2141,7 +2297,9 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x1e.regent.v1.RemoveMemberRequest\x1a\x1f.regent.v1.RemoveMemberResponse\x129\n" +
 	"\x05Watch\x12\x17.regent.v1.WatchRequest\x1a\x15.regent.v1.WatchEvent0\x01\x12=\n" +
 	"\x06Report\x12\x18.regent.v1.ReportRequest\x1a\x19.regent.v1.ReportResponse\x12C\n" +
-	"\bFailover\x12\x1a.regent.v1.FailoverRequest\x1a\x1b.regent.v1.FailoverResponse\x12:\n" +
+	"\bFailover\x12\x1a.regent.v1.FailoverRequest\x1a\x1b.regent.v1.FailoverResponse\x12I\n" +
+	"\n" +
+	"Switchover\x12\x1c.regent.v1.SwitchoverRequest\x1a\x1d.regent.v1.SwitchoverResponse\x12:\n" +
 	"\x05Pause\x12\x17.regent.v1.PauseRequest\x1a\x18.regent.v1.PauseResponse\x12=\n" +
 	"\x06Resume\x12\x18.regent.v1.ResumeRequest\x1a\x19.regent.v1.ResumeResponse\x12I\n" +
 	"\n" +
@@ -2160,7 +2318,7 @@ func file_regent_v1_api_proto_rawDescGZIP() []byte {
 	return file_regent_v1_api_proto_rawDescData
 }
 
-var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_regent_v1_api_proto_goTypes = []any{
 	(*ReadOptions)(nil),                // 0: regent.v1.ReadOptions
 	(*GetStateRequest)(nil),            // 1: regent.v1.GetStateRequest
@@ -2187,86 +2345,91 @@ var file_regent_v1_api_proto_goTypes = []any{
 	(*ReportResponse)(nil),             // 22: regent.v1.ReportResponse
 	(*FailoverRequest)(nil),            // 23: regent.v1.FailoverRequest
 	(*FailoverResponse)(nil),           // 24: regent.v1.FailoverResponse
-	(*PauseRequest)(nil),               // 25: regent.v1.PauseRequest
-	(*PauseResponse)(nil),              // 26: regent.v1.PauseResponse
-	(*ResumeRequest)(nil),              // 27: regent.v1.ResumeRequest
-	(*ResumeResponse)(nil),             // 28: regent.v1.ResumeResponse
-	(*RenewLeaseRequest)(nil),          // 29: regent.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 30: regent.v1.RenewLeaseResponse
-	(*RevokeLeaseRequest)(nil),         // 31: regent.v1.RevokeLeaseRequest
-	(*RevokeLeaseResponse)(nil),        // 32: regent.v1.RevokeLeaseResponse
-	(*Cluster)(nil),                    // 33: regent.v1.Cluster
-	(*ReplicationChannel)(nil),         // 34: regent.v1.ReplicationChannel
-	(*FailoverEvent)(nil),              // 35: regent.v1.FailoverEvent
-	(*ClusterSpec)(nil),                // 36: regent.v1.ClusterSpec
-	(*Member)(nil),                     // 37: regent.v1.Member
-	(*AuditRecord)(nil),                // 38: regent.v1.AuditRecord
-	(*State)(nil),                      // 39: regent.v1.State
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*SwitchoverRequest)(nil),          // 25: regent.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),         // 26: regent.v1.SwitchoverResponse
+	(*PauseRequest)(nil),               // 27: regent.v1.PauseRequest
+	(*PauseResponse)(nil),              // 28: regent.v1.PauseResponse
+	(*ResumeRequest)(nil),              // 29: regent.v1.ResumeRequest
+	(*ResumeResponse)(nil),             // 30: regent.v1.ResumeResponse
+	(*RenewLeaseRequest)(nil),          // 31: regent.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 32: regent.v1.RenewLeaseResponse
+	(*RevokeLeaseRequest)(nil),         // 33: regent.v1.RevokeLeaseRequest
+	(*RevokeLeaseResponse)(nil),        // 34: regent.v1.RevokeLeaseResponse
+	(*Cluster)(nil),                    // 35: regent.v1.Cluster
+	(*ReplicationChannel)(nil),         // 36: regent.v1.ReplicationChannel
+	(*FailoverEvent)(nil),              // 37: regent.v1.FailoverEvent
+	(*ClusterSpec)(nil),                // 38: regent.v1.ClusterSpec
+	(*Member)(nil),                     // 39: regent.v1.Member
+	(*AuditRecord)(nil),                // 40: regent.v1.AuditRecord
+	(*State)(nil),                      // 41: regent.v1.State
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
 }
 var file_regent_v1_api_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.GetStateRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 1: regent.v1.GetStateResponse.members:type_name -> regent.v1.MemberStatus
-	33, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
-	34, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
-	35, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	36, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	33, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	35, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
+	36, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
+	37, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	38, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	35, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
 	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	33, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	35, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
 	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	34, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	36, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	35, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	37, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
 	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	33, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	37, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	34, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	35, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	38, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	39, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	40, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
-	40, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	35, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	39, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	36, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	37, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	40, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	41, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	42, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	42, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
 	20, // 23: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
-	35, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
-	33, // 25: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
-	33, // 26: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
-	1,  // 27: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 28: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 29: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 30: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 31: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 32: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 33: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	16, // 34: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	18, // 35: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	21, // 36: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
-	23, // 37: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
-	25, // 38: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
-	27, // 39: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
-	29, // 40: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
-	31, // 41: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
-	3,  // 42: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 43: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 44: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 45: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 46: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 47: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 48: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 49: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 50: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	22, // 51: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
-	24, // 52: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
-	26, // 53: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
-	28, // 54: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
-	30, // 55: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
-	32, // 56: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
-	42, // [42:57] is the sub-list for method output_type
-	27, // [27:42] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	37, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
+	37, // 25: regent.v1.SwitchoverResponse.event:type_name -> regent.v1.FailoverEvent
+	35, // 26: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
+	35, // 27: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
+	1,  // 28: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 29: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 30: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 31: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 32: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 33: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 34: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	16, // 35: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	18, // 36: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	21, // 37: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
+	23, // 38: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
+	25, // 39: regent.v1.Regent.Switchover:input_type -> regent.v1.SwitchoverRequest
+	27, // 40: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
+	29, // 41: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
+	31, // 42: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
+	33, // 43: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
+	3,  // 44: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 45: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 46: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 47: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 48: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 49: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 50: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	17, // 51: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	19, // 52: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	22, // 53: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	24, // 54: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
+	26, // 55: regent.v1.Regent.Switchover:output_type -> regent.v1.SwitchoverResponse
+	28, // 56: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
+	30, // 57: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
+	32, // 58: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
+	34, // 59: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
+	44, // [44:60] is the sub-list for method output_type
+	28, // [28:44] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
@@ -2281,7 +2444,7 @@ func file_regent_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_api_proto_rawDesc), len(file_regent_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

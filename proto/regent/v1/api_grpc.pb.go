@@ -30,6 +30,7 @@ const (
 	Regent_Watch_FullMethodName              = "/regent.v1.Regent/Watch"
 	Regent_Report_FullMethodName             = "/regent.v1.Regent/Report"
 	Regent_Failover_FullMethodName           = "/regent.v1.Regent/Failover"
+	Regent_Switchover_FullMethodName         = "/regent.v1.Regent/Switchover"
 	Regent_Pause_FullMethodName              = "/regent.v1.Regent/Pause"
 	Regent_Resume_FullMethodName             = "/regent.v1.Regent/Resume"
 	Regent_RenewLease_FullMethodName         = "/regent.v1.Regent/RenewLease"
@@ -66,6 +67,8 @@ type RegentClient interface {
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
 	// Failover starts a manual failover of a cluster (to a chosen node, or the best candidate).
 	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*FailoverResponse, error)
+	// Switchover starts a planned, zero-loss change of primary to a named standby.
+	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*SwitchoverResponse, error)
 	// Pause stops automatic failover of a cluster until Resume.
 	Pause(ctx context.Context, in *PauseRequest, opts ...grpc.CallOption) (*PauseResponse, error)
 	// Resume re-enables automatic failover of a cluster.
@@ -205,6 +208,16 @@ func (c *regentClient) Failover(ctx context.Context, in *FailoverRequest, opts .
 	return out, nil
 }
 
+func (c *regentClient) Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*SwitchoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SwitchoverResponse)
+	err := c.cc.Invoke(ctx, Regent_Switchover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *regentClient) Pause(ctx context.Context, in *PauseRequest, opts ...grpc.CallOption) (*PauseResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PauseResponse)
@@ -275,6 +288,8 @@ type RegentServer interface {
 	Report(context.Context, *ReportRequest) (*ReportResponse, error)
 	// Failover starts a manual failover of a cluster (to a chosen node, or the best candidate).
 	Failover(context.Context, *FailoverRequest) (*FailoverResponse, error)
+	// Switchover starts a planned, zero-loss change of primary to a named standby.
+	Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error)
 	// Pause stops automatic failover of a cluster until Resume.
 	Pause(context.Context, *PauseRequest) (*PauseResponse, error)
 	// Resume re-enables automatic failover of a cluster.
@@ -327,6 +342,9 @@ func (UnimplementedRegentServer) Report(context.Context, *ReportRequest) (*Repor
 }
 func (UnimplementedRegentServer) Failover(context.Context, *FailoverRequest) (*FailoverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Failover not implemented")
+}
+func (UnimplementedRegentServer) Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Switchover not implemented")
 }
 func (UnimplementedRegentServer) Pause(context.Context, *PauseRequest) (*PauseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Pause not implemented")
@@ -552,6 +570,24 @@ func _Regent_Failover_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Regent_Switchover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SwitchoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegentServer).Switchover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Regent_Switchover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegentServer).Switchover(ctx, req.(*SwitchoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Regent_Pause_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PauseRequest)
 	if err := dec(in); err != nil {
@@ -670,6 +706,10 @@ var Regent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Failover",
 			Handler:    _Regent_Failover_Handler,
+		},
+		{
+			MethodName: "Switchover",
+			Handler:    _Regent_Switchover_Handler,
 		},
 		{
 			MethodName: "Pause",

@@ -38,6 +38,7 @@ const (
 	CommandType_COMMAND_TYPE_RECORD_REFUSAL      CommandType = 9
 	CommandType_COMMAND_TYPE_START_FAILOVER      CommandType = 10
 	CommandType_COMMAND_TYPE_ADVANCE_FAILOVER    CommandType = 11
+	CommandType_COMMAND_TYPE_RECORD_REJOIN       CommandType = 12
 )
 
 // Enum value maps for CommandType.
@@ -55,6 +56,7 @@ var (
 		9:  "COMMAND_TYPE_RECORD_REFUSAL",
 		10: "COMMAND_TYPE_START_FAILOVER",
 		11: "COMMAND_TYPE_ADVANCE_FAILOVER",
+		12: "COMMAND_TYPE_RECORD_REJOIN",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":         0,
@@ -69,6 +71,7 @@ var (
 		"COMMAND_TYPE_RECORD_REFUSAL":      9,
 		"COMMAND_TYPE_START_FAILOVER":      10,
 		"COMMAND_TYPE_ADVANCE_FAILOVER":    11,
+		"COMMAND_TYPE_RECORD_REJOIN":       12,
 	}
 )
 
@@ -774,8 +777,10 @@ type StartFailoverCommand struct {
 	OldPrimaryLsn uint64 `protobuf:"varint,8,opt,name=old_primary_lsn,json=oldPrimaryLsn,proto3" json:"old_primary_lsn,omitempty"`
 	// Estimated data loss at decision time (old primary's last LSN − candidate's received LSN).
 	EstimatedLossBytes int64 `protobuf:"varint,9,opt,name=estimated_loss_bytes,json=estimatedLossBytes,proto3" json:"estimated_loss_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// A planned switchover (see FailoverEvent.switchover).
+	Switchover    bool `protobuf:"varint,10,opt,name=switchover,proto3" json:"switchover,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartFailoverCommand) Reset() {
@@ -869,6 +874,13 @@ func (x *StartFailoverCommand) GetEstimatedLossBytes() int64 {
 		return x.EstimatedLossBytes
 	}
 	return 0
+}
+
+func (x *StartFailoverCommand) GetSwitchover() bool {
+	if x != nil {
+		return x.Switchover
+	}
+	return false
 }
 
 // AdvanceFailoverCommand moves a saga to its next step (or aborts it), recording what the
@@ -1007,6 +1019,102 @@ func (x *AdvanceFailoverCommand) GetNote() string {
 	return ""
 }
 
+// RecordRejoinCommand records the progress of an old primary's rejoin on its failover event
+// (allowed after the event completed). Unset optional fields leave the event's values alone;
+// exact loss figures make data_loss_bytes exact.
+type RecordRejoinCommand struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId uint64                 `protobuf:"varint,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Term of the leader recording it; refused from a term older than the event's.
+	Term             uint64  `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Rejoin           *Rejoin `protobuf:"bytes,3,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
+	DataLossBytes    *int64  `protobuf:"varint,4,opt,name=data_loss_bytes,json=dataLossBytes,proto3,oneof" json:"data_loss_bytes,omitempty"`
+	LostTransactions *int64  `protobuf:"varint,5,opt,name=lost_transactions,json=lostTransactions,proto3,oneof" json:"lost_transactions,omitempty"`
+	ForkLsn          uint64  `protobuf:"varint,6,opt,name=fork_lsn,json=forkLsn,proto3" json:"fork_lsn,omitempty"`
+	FinalLsn         uint64  `protobuf:"varint,7,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RecordRejoinCommand) Reset() {
+	*x = RecordRejoinCommand{}
+	mi := &file_regent_v1_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordRejoinCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRejoinCommand) ProtoMessage() {}
+
+func (x *RecordRejoinCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRejoinCommand.ProtoReflect.Descriptor instead.
+func (*RecordRejoinCommand) Descriptor() ([]byte, []int) {
+	return file_regent_v1_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RecordRejoinCommand) GetEventId() uint64 {
+	if x != nil {
+		return x.EventId
+	}
+	return 0
+}
+
+func (x *RecordRejoinCommand) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *RecordRejoinCommand) GetRejoin() *Rejoin {
+	if x != nil {
+		return x.Rejoin
+	}
+	return nil
+}
+
+func (x *RecordRejoinCommand) GetDataLossBytes() int64 {
+	if x != nil && x.DataLossBytes != nil {
+		return *x.DataLossBytes
+	}
+	return 0
+}
+
+func (x *RecordRejoinCommand) GetLostTransactions() int64 {
+	if x != nil && x.LostTransactions != nil {
+		return *x.LostTransactions
+	}
+	return 0
+}
+
+func (x *RecordRejoinCommand) GetForkLsn() uint64 {
+	if x != nil {
+		return x.ForkLsn
+	}
+	return 0
+}
+
+func (x *RecordRejoinCommand) GetFinalLsn() uint64 {
+	if x != nil {
+		return x.FinalLsn
+	}
+	return 0
+}
+
 var File_regent_v1_command_proto protoreflect.FileDescriptor
 
 const file_regent_v1_command_proto_rawDesc = "" +
@@ -1050,7 +1158,7 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
 	"\x14RecordRefusalCommand\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa9\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc9\x02\n" +
 	"\x14StartFailoverCommand\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\tR\bfromNode\x12\x17\n" +
@@ -1060,7 +1168,11 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x06manual\x18\x06 \x01(\bR\x06manual\x12\x14\n" +
 	"\x05force\x18\a \x01(\bR\x05force\x12&\n" +
 	"\x0fold_primary_lsn\x18\b \x01(\x04R\roldPrimaryLsn\x120\n" +
-	"\x14estimated_loss_bytes\x18\t \x01(\x03R\x12estimatedLossBytes\"\xca\x03\n" +
+	"\x14estimated_loss_bytes\x18\t \x01(\x03R\x12estimatedLossBytes\x12\x1e\n" +
+	"\n" +
+	"switchover\x18\n" +
+	" \x01(\bR\n" +
+	"switchover\"\xca\x03\n" +
 	"\x16AdvanceFailoverCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12+\n" +
 	"\x04step\x18\x02 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12\x12\n" +
@@ -1075,7 +1187,17 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	" \x01(\bR\tpublished\x12#\n" +
 	"\rpublish_error\x18\v \x01(\tR\fpublishError\x12\x12\n" +
 	"\x04note\x18\f \x01(\tR\x04noteB\x12\n" +
-	"\x10_data_loss_bytes*\x95\x03\n" +
+	"\x10_data_loss_bytes\"\xb0\x02\n" +
+	"\x13RecordRejoinCommand\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12)\n" +
+	"\x06rejoin\x18\x03 \x01(\v2\x11.regent.v1.RejoinR\x06rejoin\x12+\n" +
+	"\x0fdata_loss_bytes\x18\x04 \x01(\x03H\x00R\rdataLossBytes\x88\x01\x01\x120\n" +
+	"\x11lost_transactions\x18\x05 \x01(\x03H\x01R\x10lostTransactions\x88\x01\x01\x12\x19\n" +
+	"\bfork_lsn\x18\x06 \x01(\x04R\aforkLsn\x12\x1b\n" +
+	"\tfinal_lsn\x18\a \x01(\x04R\bfinalLsnB\x12\n" +
+	"\x10_data_loss_bytesB\x14\n" +
+	"\x12_lost_transactions*\xb5\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_APPLY_CLUSTER\x10\x01\x12\x1f\n" +
@@ -1089,7 +1211,8 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x1bCOMMAND_TYPE_RECORD_REFUSAL\x10\t\x12\x1f\n" +
 	"\x1bCOMMAND_TYPE_START_FAILOVER\x10\n" +
 	"\x12!\n" +
-	"\x1dCOMMAND_TYPE_ADVANCE_FAILOVER\x10\vB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x1dCOMMAND_TYPE_ADVANCE_FAILOVER\x10\v\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_RECORD_REJOIN\x10\fB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_command_proto_rawDescOnce sync.Once
@@ -1104,7 +1227,7 @@ func file_regent_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_regent_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_regent_v1_command_proto_goTypes = []any{
 	(CommandType)(0),                  // 0: regent.v1.CommandType
 	(*Command)(nil),                   // 1: regent.v1.Command
@@ -1121,31 +1244,34 @@ var file_regent_v1_command_proto_goTypes = []any{
 	(*RecordRefusalCommand)(nil),      // 12: regent.v1.RecordRefusalCommand
 	(*StartFailoverCommand)(nil),      // 13: regent.v1.StartFailoverCommand
 	(*AdvanceFailoverCommand)(nil),    // 14: regent.v1.AdvanceFailoverCommand
-	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
-	(*ClusterSpec)(nil),               // 16: regent.v1.ClusterSpec
-	(*Member)(nil),                    // 17: regent.v1.Member
-	(*Vote)(nil),                      // 18: regent.v1.Vote
-	(*NodeStatus)(nil),                // 19: regent.v1.NodeStatus
-	(*ReplicationChannel)(nil),        // 20: regent.v1.ReplicationChannel
-	(FailoverStep)(0),                 // 21: regent.v1.FailoverStep
+	(*RecordRejoinCommand)(nil),       // 15: regent.v1.RecordRejoinCommand
+	(*timestamppb.Timestamp)(nil),     // 16: google.protobuf.Timestamp
+	(*ClusterSpec)(nil),               // 17: regent.v1.ClusterSpec
+	(*Member)(nil),                    // 18: regent.v1.Member
+	(*Vote)(nil),                      // 19: regent.v1.Vote
+	(*NodeStatus)(nil),                // 20: regent.v1.NodeStatus
+	(*ReplicationChannel)(nil),        // 21: regent.v1.ReplicationChannel
+	(FailoverStep)(0),                 // 22: regent.v1.FailoverStep
+	(*Rejoin)(nil),                    // 23: regent.v1.Rejoin
 }
 var file_regent_v1_command_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.Command.type:type_name -> regent.v1.CommandType
-	15, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
-	16, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
-	17, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
-	18, // 4: regent.v1.VoteUpdate.vote:type_name -> regent.v1.Vote
-	19, // 5: regent.v1.NodeStatusUpdate.status:type_name -> regent.v1.NodeStatus
+	16, // 1: regent.v1.Command.at:type_name -> google.protobuf.Timestamp
+	17, // 2: regent.v1.ApplyClusterCommand.spec:type_name -> regent.v1.ClusterSpec
+	18, // 3: regent.v1.UpsertMemberCommand.member:type_name -> regent.v1.Member
+	19, // 4: regent.v1.VoteUpdate.vote:type_name -> regent.v1.Vote
+	20, // 5: regent.v1.NodeStatusUpdate.status:type_name -> regent.v1.NodeStatus
 	7,  // 6: regent.v1.RecordObservationsCommand.votes:type_name -> regent.v1.VoteUpdate
 	8,  // 7: regent.v1.RecordObservationsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
-	20, // 8: regent.v1.UpdateChannelsCommand.channels:type_name -> regent.v1.ReplicationChannel
+	21, // 8: regent.v1.UpdateChannelsCommand.channels:type_name -> regent.v1.ReplicationChannel
 	8,  // 9: regent.v1.UpdateChannelsCommand.nodes:type_name -> regent.v1.NodeStatusUpdate
-	21, // 10: regent.v1.AdvanceFailoverCommand.step:type_name -> regent.v1.FailoverStep
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	22, // 10: regent.v1.AdvanceFailoverCommand.step:type_name -> regent.v1.FailoverStep
+	23, // 11: regent.v1.RecordRejoinCommand.rejoin:type_name -> regent.v1.Rejoin
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_command_proto_init() }
@@ -1155,13 +1281,14 @@ func file_regent_v1_command_proto_init() {
 	}
 	file_regent_v1_state_proto_init()
 	file_regent_v1_command_proto_msgTypes[13].OneofWrappers = []any{}
+	file_regent_v1_command_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_command_proto_rawDesc), len(file_regent_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

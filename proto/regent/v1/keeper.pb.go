@@ -9,6 +9,7 @@ package regentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -232,7 +233,13 @@ type InstructResponse struct {
 	Done   bool                   `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
 	Detail string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
 	// The highest token the keeper has obeyed (after this one, if obeyed).
-	Highest       *FencingToken `protobuf:"bytes,3,opt,name=highest,proto3" json:"highest,omitempty"`
+	Highest *FencingToken `protobuf:"bytes,3,opt,name=highest,proto3" json:"highest,omitempty"`
+	// FENCE, STOP and DEMOTE: the end of the server's WAL once it can no longer write (0 when
+	// unknown). STOP: true once PostgreSQL is stopped and will stay stopped.
+	FinalLsn uint64 `protobuf:"varint,4,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	Stopped  bool   `protobuf:"varint,5,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	// REJOIN: the result (also in detail as JSON).
+	Rejoin        *RejoinReport `protobuf:"bytes,6,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -288,6 +295,146 @@ func (x *InstructResponse) GetHighest() *FencingToken {
 	return nil
 }
 
+func (x *InstructResponse) GetFinalLsn() uint64 {
+	if x != nil {
+		return x.FinalLsn
+	}
+	return 0
+}
+
+func (x *InstructResponse) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
+}
+
+func (x *InstructResponse) GetRejoin() *RejoinReport {
+	if x != nil {
+		return x.Rejoin
+	}
+	return nil
+}
+
+// RejoinReport is what a keeper measured and did while rejoining.
+type RejoinReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *FencingToken          `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Ok    bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// "rewind", "reclone" or "follow".
+	Method   string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	FinalLsn uint64 `protobuf:"varint,4,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	ForkLsn  uint64 `protobuf:"varint,5,opt,name=fork_lsn,json=forkLsn,proto3" json:"fork_lsn,omitempty"`
+	// -1 when unknown (the WAL to measure was gone, or an interrupted rejoin resumed).
+	DataLossBytes    int64                  `protobuf:"varint,6,opt,name=data_loss_bytes,json=dataLossBytes,proto3" json:"data_loss_bytes,omitempty"`
+	LostTransactions int64                  `protobuf:"varint,7,opt,name=lost_transactions,json=lostTransactions,proto3" json:"lost_transactions,omitempty"`
+	Upstream         string                 `protobuf:"bytes,8,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Error            string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	FinishedAt       *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RejoinReport) Reset() {
+	*x = RejoinReport{}
+	mi := &file_regent_v1_keeper_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejoinReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejoinReport) ProtoMessage() {}
+
+func (x *RejoinReport) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_keeper_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejoinReport.ProtoReflect.Descriptor instead.
+func (*RejoinReport) Descriptor() ([]byte, []int) {
+	return file_regent_v1_keeper_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RejoinReport) GetToken() *FencingToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RejoinReport) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *RejoinReport) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RejoinReport) GetFinalLsn() uint64 {
+	if x != nil {
+		return x.FinalLsn
+	}
+	return 0
+}
+
+func (x *RejoinReport) GetForkLsn() uint64 {
+	if x != nil {
+		return x.ForkLsn
+	}
+	return 0
+}
+
+func (x *RejoinReport) GetDataLossBytes() int64 {
+	if x != nil {
+		return x.DataLossBytes
+	}
+	return 0
+}
+
+func (x *RejoinReport) GetLostTransactions() int64 {
+	if x != nil {
+		return x.LostTransactions
+	}
+	return 0
+}
+
+func (x *RejoinReport) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+func (x *RejoinReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RejoinReport) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
 type KeeperStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -296,7 +443,7 @@ type KeeperStatusRequest struct {
 
 func (x *KeeperStatusRequest) Reset() {
 	*x = KeeperStatusRequest{}
-	mi := &file_regent_v1_keeper_proto_msgTypes[3]
+	mi := &file_regent_v1_keeper_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +455,7 @@ func (x *KeeperStatusRequest) String() string {
 func (*KeeperStatusRequest) ProtoMessage() {}
 
 func (x *KeeperStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_keeper_proto_msgTypes[3]
+	mi := &file_regent_v1_keeper_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +468,7 @@ func (x *KeeperStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeeperStatusRequest.ProtoReflect.Descriptor instead.
 func (*KeeperStatusRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_keeper_proto_rawDescGZIP(), []int{3}
+	return file_regent_v1_keeper_proto_rawDescGZIP(), []int{4}
 }
 
 type KeeperStatusResponse struct {
@@ -332,18 +479,25 @@ type KeeperStatusResponse struct {
 	InRecovery        bool                   `protobuf:"varint,4,opt,name=in_recovery,json=inRecovery,proto3" json:"in_recovery,omitempty"`
 	CrashRecovery     bool                   `protobuf:"varint,5,opt,name=crash_recovery,json=crashRecovery,proto3" json:"crash_recovery,omitempty"`
 	// The last LSN PostgreSQL wrote (or, when stopped, the end of its WAL).
-	FinalLsn      uint64        `protobuf:"varint,6,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
-	HoldsLease    bool          `protobuf:"varint,7,opt,name=holds_lease,json=holdsLease,proto3" json:"holds_lease,omitempty"`
-	LeaseEpoch    uint64        `protobuf:"varint,8,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
-	Fenced        bool          `protobuf:"varint,9,opt,name=fenced,proto3" json:"fenced,omitempty"`
-	Highest       *FencingToken `protobuf:"bytes,10,opt,name=highest,proto3" json:"highest,omitempty"`
+	FinalLsn   uint64        `protobuf:"varint,6,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	HoldsLease bool          `protobuf:"varint,7,opt,name=holds_lease,json=holdsLease,proto3" json:"holds_lease,omitempty"`
+	LeaseEpoch uint64        `protobuf:"varint,8,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
+	Fenced     bool          `protobuf:"varint,9,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	Highest    *FencingToken `protobuf:"bytes,10,opt,name=highest,proto3" json:"highest,omitempty"`
+	// The keeper is restarting PostgreSQL in place after a crash (it is still the designated
+	// primary), for restart_elapsed_ms so far.
+	Restarting       bool  `protobuf:"varint,11,opt,name=restarting,proto3" json:"restarting,omitempty"`
+	RestartElapsedMs int64 `protobuf:"varint,12,opt,name=restart_elapsed_ms,json=restartElapsedMs,proto3" json:"restart_elapsed_ms,omitempty"`
+	// A REJOIN is running; the last one's result.
+	Rejoining     bool          `protobuf:"varint,13,opt,name=rejoining,proto3" json:"rejoining,omitempty"`
+	LastRejoin    *RejoinReport `protobuf:"bytes,14,opt,name=last_rejoin,json=lastRejoin,proto3" json:"last_rejoin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeeperStatusResponse) Reset() {
 	*x = KeeperStatusResponse{}
-	mi := &file_regent_v1_keeper_proto_msgTypes[4]
+	mi := &file_regent_v1_keeper_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +509,7 @@ func (x *KeeperStatusResponse) String() string {
 func (*KeeperStatusResponse) ProtoMessage() {}
 
 func (x *KeeperStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_keeper_proto_msgTypes[4]
+	mi := &file_regent_v1_keeper_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +522,7 @@ func (x *KeeperStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeeperStatusResponse.ProtoReflect.Descriptor instead.
 func (*KeeperStatusResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_keeper_proto_rawDescGZIP(), []int{4}
+	return file_regent_v1_keeper_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *KeeperStatusResponse) GetCluster() string {
@@ -441,11 +595,39 @@ func (x *KeeperStatusResponse) GetHighest() *FencingToken {
 	return nil
 }
 
+func (x *KeeperStatusResponse) GetRestarting() bool {
+	if x != nil {
+		return x.Restarting
+	}
+	return false
+}
+
+func (x *KeeperStatusResponse) GetRestartElapsedMs() int64 {
+	if x != nil {
+		return x.RestartElapsedMs
+	}
+	return 0
+}
+
+func (x *KeeperStatusResponse) GetRejoining() bool {
+	if x != nil {
+		return x.Rejoining
+	}
+	return false
+}
+
+func (x *KeeperStatusResponse) GetLastRejoin() *RejoinReport {
+	if x != nil {
+		return x.LastRejoin
+	}
+	return nil
+}
+
 var File_regent_v1_keeper_proto protoreflect.FileDescriptor
 
 const file_regent_v1_keeper_proto_rawDesc = "" +
 	"\n" +
-	"\x16regent/v1/keeper.proto\x12\tregent.v1\"=\n" +
+	"\x16regent/v1/keeper.proto\x12\tregent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\fFencingToken\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\x04R\x04term\x12\x19\n" +
 	"\bevent_id\x18\x02 \x01(\x04R\aeventId\"\xe9\x01\n" +
@@ -455,12 +637,28 @@ const file_regent_v1_keeper_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12#\n" +
 	"\rupstream_host\x18\x05 \x01(\tR\fupstreamHost\x12#\n" +
-	"\rupstream_port\x18\x06 \x01(\rR\fupstreamPort\"q\n" +
+	"\rupstream_port\x18\x06 \x01(\rR\fupstreamPort\"\xd9\x01\n" +
 	"\x10InstructResponse\x12\x12\n" +
 	"\x04done\x18\x01 \x01(\bR\x04done\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\tR\x06detail\x121\n" +
-	"\ahighest\x18\x03 \x01(\v2\x17.regent.v1.FencingTokenR\ahighest\"\x15\n" +
-	"\x13KeeperStatusRequest\"\xe5\x02\n" +
+	"\ahighest\x18\x03 \x01(\v2\x17.regent.v1.FencingTokenR\ahighest\x12\x1b\n" +
+	"\tfinal_lsn\x18\x04 \x01(\x04R\bfinalLsn\x12\x18\n" +
+	"\astopped\x18\x05 \x01(\bR\astopped\x12/\n" +
+	"\x06rejoin\x18\x06 \x01(\v2\x17.regent.v1.RejoinReportR\x06rejoin\"\xe1\x02\n" +
+	"\fRejoinReport\x12-\n" +
+	"\x05token\x18\x01 \x01(\v2\x17.regent.v1.FencingTokenR\x05token\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x1b\n" +
+	"\tfinal_lsn\x18\x04 \x01(\x04R\bfinalLsn\x12\x19\n" +
+	"\bfork_lsn\x18\x05 \x01(\x04R\aforkLsn\x12&\n" +
+	"\x0fdata_loss_bytes\x18\x06 \x01(\x03R\rdataLossBytes\x12+\n" +
+	"\x11lost_transactions\x18\a \x01(\x03R\x10lostTransactions\x12\x1a\n" +
+	"\bupstream\x18\b \x01(\tR\bupstream\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\x12;\n" +
+	"\vfinished_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"\x15\n" +
+	"\x13KeeperStatusRequest\"\x8b\x04\n" +
 	"\x14KeeperStatusResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12-\n" +
@@ -475,7 +673,14 @@ const file_regent_v1_keeper_proto_rawDesc = "" +
 	"leaseEpoch\x12\x16\n" +
 	"\x06fenced\x18\t \x01(\bR\x06fenced\x121\n" +
 	"\ahighest\x18\n" +
-	" \x01(\v2\x17.regent.v1.FencingTokenR\ahighest*\xe3\x01\n" +
+	" \x01(\v2\x17.regent.v1.FencingTokenR\ahighest\x12\x1e\n" +
+	"\n" +
+	"restarting\x18\v \x01(\bR\n" +
+	"restarting\x12,\n" +
+	"\x12restart_elapsed_ms\x18\f \x01(\x03R\x10restartElapsedMs\x12\x1c\n" +
+	"\trejoining\x18\r \x01(\bR\trejoining\x128\n" +
+	"\vlast_rejoin\x18\x0e \x01(\v2\x17.regent.v1.RejoinReportR\n" +
+	"lastRejoin*\xe3\x01\n" +
 	"\fKeeperAction\x12\x1d\n" +
 	"\x19KEEPER_ACTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13KEEPER_ACTION_FENCE\x10\x01\x12\x19\n" +
@@ -502,29 +707,35 @@ func file_regent_v1_keeper_proto_rawDescGZIP() []byte {
 }
 
 var file_regent_v1_keeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_regent_v1_keeper_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_regent_v1_keeper_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_regent_v1_keeper_proto_goTypes = []any{
-	(KeeperAction)(0),            // 0: regent.v1.KeeperAction
-	(*FencingToken)(nil),         // 1: regent.v1.FencingToken
-	(*InstructRequest)(nil),      // 2: regent.v1.InstructRequest
-	(*InstructResponse)(nil),     // 3: regent.v1.InstructResponse
-	(*KeeperStatusRequest)(nil),  // 4: regent.v1.KeeperStatusRequest
-	(*KeeperStatusResponse)(nil), // 5: regent.v1.KeeperStatusResponse
+	(KeeperAction)(0),             // 0: regent.v1.KeeperAction
+	(*FencingToken)(nil),          // 1: regent.v1.FencingToken
+	(*InstructRequest)(nil),       // 2: regent.v1.InstructRequest
+	(*InstructResponse)(nil),      // 3: regent.v1.InstructResponse
+	(*RejoinReport)(nil),          // 4: regent.v1.RejoinReport
+	(*KeeperStatusRequest)(nil),   // 5: regent.v1.KeeperStatusRequest
+	(*KeeperStatusResponse)(nil),  // 6: regent.v1.KeeperStatusResponse
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_regent_v1_keeper_proto_depIdxs = []int32{
-	1, // 0: regent.v1.InstructRequest.token:type_name -> regent.v1.FencingToken
-	0, // 1: regent.v1.InstructRequest.action:type_name -> regent.v1.KeeperAction
-	1, // 2: regent.v1.InstructResponse.highest:type_name -> regent.v1.FencingToken
-	1, // 3: regent.v1.KeeperStatusResponse.highest:type_name -> regent.v1.FencingToken
-	2, // 4: regent.v1.Keeper.Instruct:input_type -> regent.v1.InstructRequest
-	4, // 5: regent.v1.Keeper.KeeperStatus:input_type -> regent.v1.KeeperStatusRequest
-	3, // 6: regent.v1.Keeper.Instruct:output_type -> regent.v1.InstructResponse
-	5, // 7: regent.v1.Keeper.KeeperStatus:output_type -> regent.v1.KeeperStatusResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	1,  // 0: regent.v1.InstructRequest.token:type_name -> regent.v1.FencingToken
+	0,  // 1: regent.v1.InstructRequest.action:type_name -> regent.v1.KeeperAction
+	1,  // 2: regent.v1.InstructResponse.highest:type_name -> regent.v1.FencingToken
+	4,  // 3: regent.v1.InstructResponse.rejoin:type_name -> regent.v1.RejoinReport
+	1,  // 4: regent.v1.RejoinReport.token:type_name -> regent.v1.FencingToken
+	7,  // 5: regent.v1.RejoinReport.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 6: regent.v1.KeeperStatusResponse.highest:type_name -> regent.v1.FencingToken
+	4,  // 7: regent.v1.KeeperStatusResponse.last_rejoin:type_name -> regent.v1.RejoinReport
+	2,  // 8: regent.v1.Keeper.Instruct:input_type -> regent.v1.InstructRequest
+	5,  // 9: regent.v1.Keeper.KeeperStatus:input_type -> regent.v1.KeeperStatusRequest
+	3,  // 10: regent.v1.Keeper.Instruct:output_type -> regent.v1.InstructResponse
+	6,  // 11: regent.v1.Keeper.KeeperStatus:output_type -> regent.v1.KeeperStatusResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_keeper_proto_init() }
@@ -538,7 +749,7 @@ func file_regent_v1_keeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_keeper_proto_rawDesc), len(file_regent_v1_keeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -201,6 +201,65 @@ func (FailoverStep) EnumDescriptor() ([]byte, []int) {
 	return file_regent_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
+// RejoinStatus is where an old primary's return as a standby stands.
+type RejoinStatus int32
+
+const (
+	RejoinStatus_REJOIN_STATUS_UNSPECIFIED RejoinStatus = 0
+	// Instructed (or waiting for the old primary's keeper to come back).
+	RejoinStatus_REJOIN_STATUS_PENDING RejoinStatus = 1
+	// Rewound or re-cloned and streaming; catching up (its channel is rebuilding).
+	RejoinStatus_REJOIN_STATUS_REBUILDING RejoinStatus = 2
+	// Within lag_alert_threshold of the new primary: done.
+	RejoinStatus_REJOIN_STATUS_CAUGHT_UP RejoinStatus = 3
+	RejoinStatus_REJOIN_STATUS_FAILED    RejoinStatus = 4
+)
+
+// Enum value maps for RejoinStatus.
+var (
+	RejoinStatus_name = map[int32]string{
+		0: "REJOIN_STATUS_UNSPECIFIED",
+		1: "REJOIN_STATUS_PENDING",
+		2: "REJOIN_STATUS_REBUILDING",
+		3: "REJOIN_STATUS_CAUGHT_UP",
+		4: "REJOIN_STATUS_FAILED",
+	}
+	RejoinStatus_value = map[string]int32{
+		"REJOIN_STATUS_UNSPECIFIED": 0,
+		"REJOIN_STATUS_PENDING":     1,
+		"REJOIN_STATUS_REBUILDING":  2,
+		"REJOIN_STATUS_CAUGHT_UP":   3,
+		"REJOIN_STATUS_FAILED":      4,
+	}
+)
+
+func (x RejoinStatus) Enum() *RejoinStatus {
+	p := new(RejoinStatus)
+	*p = x
+	return p
+}
+
+func (x RejoinStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RejoinStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_regent_v1_state_proto_enumTypes[3].Descriptor()
+}
+
+func (RejoinStatus) Type() protoreflect.EnumType {
+	return &file_regent_v1_state_proto_enumTypes[3]
+}
+
+func (x RejoinStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RejoinStatus.Descriptor instead.
+func (RejoinStatus) EnumDescriptor() ([]byte, []int) {
+	return file_regent_v1_state_proto_rawDescGZIP(), []int{3}
+}
+
 // ClusterSpec is the desired state of one PostgreSQL cluster, as an operator writes it
 // (`regent cluster apply -f spec.yaml`). It never holds secrets.
 type ClusterSpec struct {
@@ -411,8 +470,15 @@ type Policy struct {
 	PostFailoverCommand string `protobuf:"bytes,13,opt,name=post_failover_command,json=postFailoverCommand,proto3" json:"post_failover_command,omitempty"`
 	// Timeout for each of the commands above (default 10s).
 	CommandTimeoutMs int64 `protobuf:"varint,14,opt,name=command_timeout_ms,json=commandTimeoutMs,proto3" json:"command_timeout_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// While the primary's keeper reports that it is restarting PostgreSQL in place after a crash
+	// (and it is still the designated primary), automatic failover holds off this long from the
+	// start of the restart (default 30s).
+	PrimaryStartTimeoutMs int64 `protobuf:"varint,15,opt,name=primary_start_timeout_ms,json=primaryStartTimeoutMs,proto3" json:"primary_start_timeout_ms,omitempty"`
+	// How long a switchover waits for the target to replay the old primary's final LSN before it
+	// aborts and unfences the old primary (default 30s).
+	SwitchoverTimeoutMs int64 `protobuf:"varint,16,opt,name=switchover_timeout_ms,json=switchoverTimeoutMs,proto3" json:"switchover_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Policy) Reset() {
@@ -539,6 +605,20 @@ func (x *Policy) GetPostFailoverCommand() string {
 func (x *Policy) GetCommandTimeoutMs() int64 {
 	if x != nil {
 		return x.CommandTimeoutMs
+	}
+	return 0
+}
+
+func (x *Policy) GetPrimaryStartTimeoutMs() int64 {
+	if x != nil {
+		return x.PrimaryStartTimeoutMs
+	}
+	return 0
+}
+
+func (x *Policy) GetSwitchoverTimeoutMs() int64 {
+	if x != nil {
+		return x.SwitchoverTimeoutMs
 	}
 	return 0
 }
@@ -1023,8 +1103,12 @@ type ReplicationChannel struct {
 	LagBytes uint64 `protobuf:"varint,10,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`
 	// lag_bytes divided by the primary's recent write rate (the seed's WAL-based estimate).
 	EstimatedLagSeconds float64 `protobuf:"fixed64,11,opt,name=estimated_lag_seconds,json=estimatedLagSeconds,proto3" json:"estimated_lag_seconds,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// While the channel is rebuilding (an old primary catching up after its rejoin): the rate at
+	// which lag_bytes shrinks and the time left at that rate (0 when unknown).
+	CatchupRateBytesPerSecond float64 `protobuf:"fixed64,12,opt,name=catchup_rate_bytes_per_second,json=catchupRateBytesPerSecond,proto3" json:"catchup_rate_bytes_per_second,omitempty"`
+	CatchupEtaSeconds         float64 `protobuf:"fixed64,13,opt,name=catchup_eta_seconds,json=catchupEtaSeconds,proto3" json:"catchup_eta_seconds,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *ReplicationChannel) Reset() {
@@ -1134,6 +1218,20 @@ func (x *ReplicationChannel) GetEstimatedLagSeconds() float64 {
 	return 0
 }
 
+func (x *ReplicationChannel) GetCatchupRateBytesPerSecond() float64 {
+	if x != nil {
+		return x.CatchupRateBytesPerSecond
+	}
+	return 0
+}
+
+func (x *ReplicationChannel) GetCatchupEtaSeconds() float64 {
+	if x != nil {
+		return x.CatchupEtaSeconds
+	}
+	return 0
+}
+
 // StepTime records when a saga step was committed.
 type StepTime struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1220,7 +1318,19 @@ type FailoverEvent struct {
 	Published    bool   `protobuf:"varint,22,opt,name=published,proto3" json:"published,omitempty"`
 	PublishError string `protobuf:"bytes,23,opt,name=publish_error,json=publishError,proto3" json:"publish_error,omitempty"`
 	// Free-form notes of the steps (fence attempts, retries, pre_promote output), newest last.
-	Notes         []string `protobuf:"bytes,24,rep,name=notes,proto3" json:"notes,omitempty"`
+	Notes []string `protobuf:"bytes,24,rep,name=notes,proto3" json:"notes,omitempty"`
+	// Commits in the discarded WAL of the old primary (between fork_lsn and final_lsn), counted
+	// by its keeper during the rejoin; regent's own heartbeat commits are not counted. Unset until
+	// measured.
+	LostTransactions *int64 `protobuf:"varint,25,opt,name=lost_transactions,json=lostTransactions,proto3,oneof" json:"lost_transactions,omitempty"`
+	// True for a planned `regent switchover` (fence, wait for the target to catch up, promote).
+	Switchover bool `protobuf:"varint,26,opt,name=switchover,proto3" json:"switchover,omitempty"`
+	// Where the new timeline forked from the old one, and the end of the old primary's WAL, as
+	// measured by the old primary's keeper (switchover: by the fence step); 0 until measured.
+	ForkLsn  uint64 `protobuf:"varint,27,opt,name=fork_lsn,json=forkLsn,proto3" json:"fork_lsn,omitempty"`
+	FinalLsn uint64 `protobuf:"varint,28,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	// How the old primary is coming back as a standby; unset until the rejoin starts.
+	Rejoin        *Rejoin `protobuf:"bytes,29,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1423,6 +1533,153 @@ func (x *FailoverEvent) GetNotes() []string {
 	return nil
 }
 
+func (x *FailoverEvent) GetLostTransactions() int64 {
+	if x != nil && x.LostTransactions != nil {
+		return *x.LostTransactions
+	}
+	return 0
+}
+
+func (x *FailoverEvent) GetSwitchover() bool {
+	if x != nil {
+		return x.Switchover
+	}
+	return false
+}
+
+func (x *FailoverEvent) GetForkLsn() uint64 {
+	if x != nil {
+		return x.ForkLsn
+	}
+	return 0
+}
+
+func (x *FailoverEvent) GetFinalLsn() uint64 {
+	if x != nil {
+		return x.FinalLsn
+	}
+	return 0
+}
+
+func (x *FailoverEvent) GetRejoin() *Rejoin {
+	if x != nil {
+		return x.Rejoin
+	}
+	return nil
+}
+
+// Rejoin tracks the old primary of a failover event coming back as a standby.
+type Rejoin struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Node   string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Status RejoinStatus           `protobuf:"varint,2,opt,name=status,proto3,enum=regent.v1.RejoinStatus" json:"status,omitempty"`
+	// "rewind", "reclone" or "follow" (switchover: no rewind needed).
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// Catch-up progress while rebuilding.
+	BytesBehind        uint64                 `protobuf:"varint,4,opt,name=bytes_behind,json=bytesBehind,proto3" json:"bytes_behind,omitempty"`
+	RateBytesPerSecond float64                `protobuf:"fixed64,5,opt,name=rate_bytes_per_second,json=rateBytesPerSecond,proto3" json:"rate_bytes_per_second,omitempty"`
+	EtaSeconds         float64                `protobuf:"fixed64,6,opt,name=eta_seconds,json=etaSeconds,proto3" json:"eta_seconds,omitempty"`
+	StartedAt          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt         *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// Last error or note.
+	Detail        string `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rejoin) Reset() {
+	*x = Rejoin{}
+	mi := &file_regent_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rejoin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rejoin) ProtoMessage() {}
+
+func (x *Rejoin) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rejoin.ProtoReflect.Descriptor instead.
+func (*Rejoin) Descriptor() ([]byte, []int) {
+	return file_regent_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Rejoin) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Rejoin) GetStatus() RejoinStatus {
+	if x != nil {
+		return x.Status
+	}
+	return RejoinStatus_REJOIN_STATUS_UNSPECIFIED
+}
+
+func (x *Rejoin) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Rejoin) GetBytesBehind() uint64 {
+	if x != nil {
+		return x.BytesBehind
+	}
+	return 0
+}
+
+func (x *Rejoin) GetRateBytesPerSecond() float64 {
+	if x != nil {
+		return x.RateBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Rejoin) GetEtaSeconds() float64 {
+	if x != nil {
+		return x.EtaSeconds
+	}
+	return 0
+}
+
+func (x *Rejoin) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Rejoin) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *Rejoin) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // AuditRecord is one operator action.
 type AuditRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1438,7 +1695,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_regent_v1_state_proto_msgTypes[10]
+	mi := &file_regent_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1707,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_state_proto_msgTypes[10]
+	mi := &file_regent_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1720,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_regent_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_regent_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AuditRecord) GetId() uint64 {
@@ -1526,7 +1783,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_regent_v1_state_proto_msgTypes[11]
+	mi := &file_regent_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1795,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_state_proto_msgTypes[11]
+	mi := &file_regent_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1808,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_regent_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_regent_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Member) GetName() string {
@@ -1629,7 +1886,7 @@ type State struct {
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_regent_v1_state_proto_msgTypes[12]
+	mi := &file_regent_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1898,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_state_proto_msgTypes[12]
+	mi := &file_regent_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1911,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_regent_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_regent_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *State) GetClusters() []*Cluster {
@@ -1739,7 +1996,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\vkeeper_addr\x18\x05 \x01(\tR\n" +
 	"keeperAddr\x12\x12\n" +
 	"\x04tags\x18\x06 \x03(\tR\x04tags\x12\x1a\n" +
-	"\bpriority\x18\a \x01(\x05R\bpriority\"\xf2\x04\n" +
+	"\bpriority\x18\a \x01(\x05R\bpriority\"\xdf\x05\n" +
 	"\x06Policy\x12*\n" +
 	"\x11probe_interval_ms\x18\x01 \x01(\x03R\x0fprobeIntervalMs\x12(\n" +
 	"\x10probe_timeout_ms\x18\x02 \x01(\x03R\x0eprobeTimeoutMs\x12\"\n" +
@@ -1757,7 +2014,9 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x0efence_fallback\x18\v \x01(\tR\rfenceFallback\x12.\n" +
 	"\x13pre_promote_command\x18\f \x01(\tR\x11prePromoteCommand\x122\n" +
 	"\x15post_failover_command\x18\r \x01(\tR\x13postFailoverCommand\x12,\n" +
-	"\x12command_timeout_ms\x18\x0e \x01(\x03R\x10commandTimeoutMs\"z\n" +
+	"\x12command_timeout_ms\x18\x0e \x01(\x03R\x10commandTimeoutMs\x127\n" +
+	"\x18primary_start_timeout_ms\x18\x0f \x01(\x03R\x15primaryStartTimeoutMs\x122\n" +
+	"\x15switchover_timeout_ms\x18\x10 \x01(\x03R\x13switchoverTimeoutMs\"z\n" +
 	"\aDnsSpec\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x16\n" +
@@ -1809,7 +2068,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\fpause_reason\x18\r \x01(\tR\vpauseReason\x12\x1b\n" +
 	"\tdns_token\x18\x0e \x01(\tR\bdnsToken\x12\x1f\n" +
 	"\vlease_epoch\x18\x0f \x01(\x04R\n" +
-	"leaseEpoch\"\xb0\x03\n" +
+	"leaseEpoch\"\xa2\x04\n" +
 	"\x12ReplicationChannel\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12%\n" +
@@ -1825,10 +2084,12 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"lastSeenAt\x12\x1b\n" +
 	"\tlag_bytes\x18\n" +
 	" \x01(\x04R\blagBytes\x122\n" +
-	"\x15estimated_lag_seconds\x18\v \x01(\x01R\x13estimatedLagSeconds\"c\n" +
+	"\x15estimated_lag_seconds\x18\v \x01(\x01R\x13estimatedLagSeconds\x12@\n" +
+	"\x1dcatchup_rate_bytes_per_second\x18\f \x01(\x01R\x19catchupRateBytesPerSecond\x12.\n" +
+	"\x13catchup_eta_seconds\x18\r \x01(\x01R\x11catchupEtaSeconds\"c\n" +
 	"\bStepTime\x12+\n" +
 	"\x04step\x18\x01 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xe8\x06\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xb3\b\n" +
 	"\rFailoverEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1f\n" +
@@ -1856,8 +2117,29 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x0fold_primary_lsn\x18\x15 \x01(\x04R\roldPrimaryLsn\x12\x1c\n" +
 	"\tpublished\x18\x16 \x01(\bR\tpublished\x12#\n" +
 	"\rpublish_error\x18\x17 \x01(\tR\fpublishError\x12\x14\n" +
-	"\x05notes\x18\x18 \x03(\tR\x05notesB\x12\n" +
-	"\x10_data_loss_bytes\"\xa7\x01\n" +
+	"\x05notes\x18\x18 \x03(\tR\x05notes\x120\n" +
+	"\x11lost_transactions\x18\x19 \x01(\x03H\x01R\x10lostTransactions\x88\x01\x01\x12\x1e\n" +
+	"\n" +
+	"switchover\x18\x1a \x01(\bR\n" +
+	"switchover\x12\x19\n" +
+	"\bfork_lsn\x18\x1b \x01(\x04R\aforkLsn\x12\x1b\n" +
+	"\tfinal_lsn\x18\x1c \x01(\x04R\bfinalLsn\x12)\n" +
+	"\x06rejoin\x18\x1d \x01(\v2\x11.regent.v1.RejoinR\x06rejoinB\x12\n" +
+	"\x10_data_loss_bytesB\x14\n" +
+	"\x12_lost_transactions\"\xec\x02\n" +
+	"\x06Rejoin\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12/\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x17.regent.v1.RejoinStatusR\x06status\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12!\n" +
+	"\fbytes_behind\x18\x04 \x01(\x04R\vbytesBehind\x121\n" +
+	"\x15rate_bytes_per_second\x18\x05 \x01(\x01R\x12rateBytesPerSecond\x12\x1f\n" +
+	"\veta_seconds\x18\x06 \x01(\x01R\n" +
+	"etaSeconds\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x16\n" +
+	"\x06detail\x18\t \x01(\tR\x06detail\"\xa7\x01\n" +
 	"\vAuditRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
@@ -1905,7 +2187,13 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x17FAILOVER_STEP_REPOINTED\x10\x04\x12\x1b\n" +
 	"\x17FAILOVER_STEP_PUBLISHED\x10\x05\x12\x1b\n" +
 	"\x17FAILOVER_STEP_COMPLETED\x10\x06\x12\x19\n" +
-	"\x15FAILOVER_STEP_ABORTED\x10\aB5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
+	"\x15FAILOVER_STEP_ABORTED\x10\a*\x9d\x01\n" +
+	"\fRejoinStatus\x12\x1d\n" +
+	"\x19REJOIN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15REJOIN_STATUS_PENDING\x10\x01\x12\x1c\n" +
+	"\x18REJOIN_STATUS_REBUILDING\x10\x02\x12\x1b\n" +
+	"\x17REJOIN_STATUS_CAUGHT_UP\x10\x03\x12\x18\n" +
+	"\x14REJOIN_STATUS_FAILED\x10\x04B5Z3github.com/regentdb/regent/proto/regent/v1;regentv1b\x06proto3"
 
 var (
 	file_regent_v1_state_proto_rawDescOnce sync.Once
@@ -1919,62 +2207,68 @@ func file_regent_v1_state_proto_rawDescGZIP() []byte {
 	return file_regent_v1_state_proto_rawDescData
 }
 
-var file_regent_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_regent_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_regent_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_regent_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_regent_v1_state_proto_goTypes = []any{
 	(NodeRole)(0),                 // 0: regent.v1.NodeRole
 	(ChannelStatus)(0),            // 1: regent.v1.ChannelStatus
 	(FailoverStep)(0),             // 2: regent.v1.FailoverStep
-	(*ClusterSpec)(nil),           // 3: regent.v1.ClusterSpec
-	(*NodeSpec)(nil),              // 4: regent.v1.NodeSpec
-	(*Policy)(nil),                // 5: regent.v1.Policy
-	(*DnsSpec)(nil),               // 6: regent.v1.DnsSpec
-	(*Vote)(nil),                  // 7: regent.v1.Vote
-	(*NodeStatus)(nil),            // 8: regent.v1.NodeStatus
-	(*Cluster)(nil),               // 9: regent.v1.Cluster
-	(*ReplicationChannel)(nil),    // 10: regent.v1.ReplicationChannel
-	(*StepTime)(nil),              // 11: regent.v1.StepTime
-	(*FailoverEvent)(nil),         // 12: regent.v1.FailoverEvent
-	(*AuditRecord)(nil),           // 13: regent.v1.AuditRecord
-	(*Member)(nil),                // 14: regent.v1.Member
-	(*State)(nil),                 // 15: regent.v1.State
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(RejoinStatus)(0),             // 3: regent.v1.RejoinStatus
+	(*ClusterSpec)(nil),           // 4: regent.v1.ClusterSpec
+	(*NodeSpec)(nil),              // 5: regent.v1.NodeSpec
+	(*Policy)(nil),                // 6: regent.v1.Policy
+	(*DnsSpec)(nil),               // 7: regent.v1.DnsSpec
+	(*Vote)(nil),                  // 8: regent.v1.Vote
+	(*NodeStatus)(nil),            // 9: regent.v1.NodeStatus
+	(*Cluster)(nil),               // 10: regent.v1.Cluster
+	(*ReplicationChannel)(nil),    // 11: regent.v1.ReplicationChannel
+	(*StepTime)(nil),              // 12: regent.v1.StepTime
+	(*FailoverEvent)(nil),         // 13: regent.v1.FailoverEvent
+	(*Rejoin)(nil),                // 14: regent.v1.Rejoin
+	(*AuditRecord)(nil),           // 15: regent.v1.AuditRecord
+	(*Member)(nil),                // 16: regent.v1.Member
+	(*State)(nil),                 // 17: regent.v1.State
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_regent_v1_state_proto_depIdxs = []int32{
-	4,  // 0: regent.v1.ClusterSpec.nodes:type_name -> regent.v1.NodeSpec
-	5,  // 1: regent.v1.ClusterSpec.policy:type_name -> regent.v1.Policy
-	6,  // 2: regent.v1.ClusterSpec.dns:type_name -> regent.v1.DnsSpec
-	16, // 3: regent.v1.Vote.since:type_name -> google.protobuf.Timestamp
+	5,  // 0: regent.v1.ClusterSpec.nodes:type_name -> regent.v1.NodeSpec
+	6,  // 1: regent.v1.ClusterSpec.policy:type_name -> regent.v1.Policy
+	7,  // 2: regent.v1.ClusterSpec.dns:type_name -> regent.v1.DnsSpec
+	18, // 3: regent.v1.Vote.since:type_name -> google.protobuf.Timestamp
 	0,  // 4: regent.v1.NodeStatus.role:type_name -> regent.v1.NodeRole
-	7,  // 5: regent.v1.NodeStatus.votes:type_name -> regent.v1.Vote
-	16, // 6: regent.v1.NodeStatus.updated_at:type_name -> google.protobuf.Timestamp
-	4,  // 7: regent.v1.Cluster.nodes:type_name -> regent.v1.NodeSpec
-	5,  // 8: regent.v1.Cluster.policy:type_name -> regent.v1.Policy
-	6,  // 9: regent.v1.Cluster.dns:type_name -> regent.v1.DnsSpec
-	8,  // 10: regent.v1.Cluster.node_status:type_name -> regent.v1.NodeStatus
-	16, // 11: regent.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
-	16, // 12: regent.v1.Cluster.updated_at:type_name -> google.protobuf.Timestamp
-	16, // 13: regent.v1.Cluster.refusal_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: regent.v1.NodeStatus.votes:type_name -> regent.v1.Vote
+	18, // 6: regent.v1.NodeStatus.updated_at:type_name -> google.protobuf.Timestamp
+	5,  // 7: regent.v1.Cluster.nodes:type_name -> regent.v1.NodeSpec
+	6,  // 8: regent.v1.Cluster.policy:type_name -> regent.v1.Policy
+	7,  // 9: regent.v1.Cluster.dns:type_name -> regent.v1.DnsSpec
+	9,  // 10: regent.v1.Cluster.node_status:type_name -> regent.v1.NodeStatus
+	18, // 11: regent.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
+	18, // 12: regent.v1.Cluster.updated_at:type_name -> google.protobuf.Timestamp
+	18, // 13: regent.v1.Cluster.refusal_at:type_name -> google.protobuf.Timestamp
 	1,  // 14: regent.v1.ReplicationChannel.status:type_name -> regent.v1.ChannelStatus
-	16, // 15: regent.v1.ReplicationChannel.last_seen_at:type_name -> google.protobuf.Timestamp
+	18, // 15: regent.v1.ReplicationChannel.last_seen_at:type_name -> google.protobuf.Timestamp
 	2,  // 16: regent.v1.StepTime.step:type_name -> regent.v1.FailoverStep
-	16, // 17: regent.v1.StepTime.at:type_name -> google.protobuf.Timestamp
-	16, // 18: regent.v1.FailoverEvent.started_at:type_name -> google.protobuf.Timestamp
-	16, // 19: regent.v1.FailoverEvent.completed_at:type_name -> google.protobuf.Timestamp
+	18, // 17: regent.v1.StepTime.at:type_name -> google.protobuf.Timestamp
+	18, // 18: regent.v1.FailoverEvent.started_at:type_name -> google.protobuf.Timestamp
+	18, // 19: regent.v1.FailoverEvent.completed_at:type_name -> google.protobuf.Timestamp
 	2,  // 20: regent.v1.FailoverEvent.step:type_name -> regent.v1.FailoverStep
-	11, // 21: regent.v1.FailoverEvent.steps:type_name -> regent.v1.StepTime
-	16, // 22: regent.v1.AuditRecord.at:type_name -> google.protobuf.Timestamp
-	16, // 23: regent.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	9,  // 24: regent.v1.State.clusters:type_name -> regent.v1.Cluster
-	14, // 25: regent.v1.State.members:type_name -> regent.v1.Member
-	10, // 26: regent.v1.State.channels:type_name -> regent.v1.ReplicationChannel
-	12, // 27: regent.v1.State.failover_events:type_name -> regent.v1.FailoverEvent
-	13, // 28: regent.v1.State.audit:type_name -> regent.v1.AuditRecord
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	12, // 21: regent.v1.FailoverEvent.steps:type_name -> regent.v1.StepTime
+	14, // 22: regent.v1.FailoverEvent.rejoin:type_name -> regent.v1.Rejoin
+	3,  // 23: regent.v1.Rejoin.status:type_name -> regent.v1.RejoinStatus
+	18, // 24: regent.v1.Rejoin.started_at:type_name -> google.protobuf.Timestamp
+	18, // 25: regent.v1.Rejoin.finished_at:type_name -> google.protobuf.Timestamp
+	18, // 26: regent.v1.AuditRecord.at:type_name -> google.protobuf.Timestamp
+	18, // 27: regent.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	10, // 28: regent.v1.State.clusters:type_name -> regent.v1.Cluster
+	16, // 29: regent.v1.State.members:type_name -> regent.v1.Member
+	11, // 30: regent.v1.State.channels:type_name -> regent.v1.ReplicationChannel
+	13, // 31: regent.v1.State.failover_events:type_name -> regent.v1.FailoverEvent
+	15, // 32: regent.v1.State.audit:type_name -> regent.v1.AuditRecord
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_state_proto_init() }
@@ -1988,8 +2282,8 @@ func file_regent_v1_state_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_state_proto_rawDesc), len(file_regent_v1_state_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   13,
+			NumEnums:      4,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
