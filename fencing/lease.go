@@ -28,6 +28,39 @@ import (
 // seconds after lastAck ≥ lastGrantedSend. So when the leader stops waiting the keeper has
 // fenced (margin covers the time the local fence itself takes). TestLeaseNeverOverlaps checks
 // the argument with random clocks, delays and drifts.
+//
+// # A shorter wait: counting from the revokers' last grants
+//
+// lastAck is a late stand-in for lastGrantedSend: when the keeper died long before the leader
+// revoked (a host lost at T0, a failover decided down_after later), the old lease ran out long
+// ago and the full wait from lastAck is time lost. So each witness remembers, in memory and on
+// its monotonic clock, when it last granted a renewal of each (cluster, epoch), and answers a
+// revocation with sinceLastGrant: how long before the revocation (its clock) that was, or 0 when
+// it does not know (it restarted since, or never granted). The leader then waits until
+//
+//	RevocationSafeAfterGrants = max over the revoking majority M2 of
+//	                              (ack_i − since_i·(1 − drift)/(1 + drift)) + ttl·(1 + drift)
+//
+// Why: the witness w in M1 ∩ M2 granted the keeper's last counted round, so that round was sent
+// no later than that grant, which was no later than w's last grant g_w. w revoked at r_w, no
+// later than the leader received its acknowledgement a_w, and w's clock measured since_w over
+// the real interval r_w − g_w, so r_w − g_w ≥ since_w/(1 + drift) real seconds:
+//
+//	lastGrantedSend ≤ g_w ≤ a_w − since_w/(1 + drift)   (real time)
+//
+// The leader subtracts x_w = since_w·(1 − drift)/(1 + drift) on its own clock from its reading
+// of a_w; on a clock running at rate ≥ 1 − drift that is at most x_w/(1 − drift) =
+// since_w/(1 + drift) real seconds, so the leader-clock point ack_w − x_w is, in real time, at
+// or after lastGrantedSend, and the ttl·(1 + drift) wait from there covers the keeper's lease
+// exactly as above. The leader does not know which revoker is w, so it takes the latest such
+// point over every revoker it counted: that is at or after w's. A witness that answers 0
+// contributes its acknowledgement itself (the old rule), so an unknowing witness costs time,
+// never safety. Note the factor: (1 − drift)/(1 + drift), not (1 − drift) — the witness's clock
+// may run fast (its since overstates the real interval) while the leader's runs slow (its
+// subtraction understates it); TestLeaseNeverOverlaps drives both to the bound.
+//
+// The keeper's grant is recorded by the witness under the same lock as its revocation check, so
+// a grant and a revocation of one epoch are ordered at that witness and g_w ≤ r_w holds.
 
 // DefaultDrift is the clock rate error regent assumes between any two hosts (±5%: far beyond
 // what NTP-disciplined or even free-running quartz clocks do over a few seconds).
@@ -43,6 +76,38 @@ func KeeperDeadline(lastGrantedSend time.Time, ttl time.Duration, drift float64,
 // given the last revocation acknowledgement of a majority of witnesses.
 func RevocationSafeAfter(lastAck time.Time, ttl time.Duration, drift float64) time.Time {
 	return lastAck.Add(time.Duration(float64(ttl) * (1 + drift)))
+}
+
+// RevocationAck is one witness's acknowledgement of a lease revocation: when the leader
+// received it (its clock) and how long before revoking the witness last granted the epoch
+// (the witness's clock; 0 when unknown).
+type RevocationAck struct {
+	At             time.Time
+	SinceLastGrant time.Duration
+}
+
+// GrantBound is the leader-clock time no earlier (in real time) than the send time of any
+// renewal round a majority granted, given the acknowledgements of a majority of witnesses that
+// revoked the epoch: max of At − SinceLastGrant·(1 − drift)/(1 + drift). RevocationSafeAfter of
+// it is when the old lease has surely ended (see the argument above). A negative
+// SinceLastGrant counts as 0. It returns the zero time for no acknowledgements.
+func GrantBound(acks []RevocationAck, drift float64) time.Time {
+	var bound time.Time
+	for _, a := range acks {
+		since := max(a.SinceLastGrant, 0)
+		p := a.At.Add(-time.Duration(float64(since) * (1 - drift) / (1 + drift)))
+		if bound.IsZero() || p.After(bound) {
+			bound = p
+		}
+	}
+	return bound
+}
+
+// RevocationSafeAfterGrants is RevocationSafeAfter counted from GrantBound(acks, drift) instead
+// of the last acknowledgement: never later, and much earlier when the keeper stopped renewing
+// long before the revocation.
+func RevocationSafeAfterGrants(acks []RevocationAck, ttl time.Duration, drift float64) time.Time {
+	return RevocationSafeAfter(GrantBound(acks, drift), ttl, drift)
 }
 
 // RenewEvery is how often the keeper sends renewals: a quarter of the lease, so three rounds

@@ -1,7 +1,9 @@
 package fencing
 
 import (
+	"cmp"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -99,5 +101,160 @@ func TestCheckLease(t *testing.T) {
 	}
 	if RenewEvery(2*time.Second) != 500*time.Millisecond {
 		t.Error("renewals every ttl/4")
+	}
+}
+
+// TestShortenedWaitNeverOverlaps simulates whole rounds against several witnesses with drifting
+// clocks and checks the shortened wait (RevocationSafeAfterGrants): whatever the offsets, rates
+// (often pinned at the drift bound), delays, revocation order and witnesses that forgot their
+// grants, the keeper fences before the leader deems the old lease over — and the wait is never
+// longer than the one from the last acknowledgement.
+func TestShortenedWaitNeverOverlaps(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	const drift = DefaultDrift
+	base := time.Unix(1_700_000_000, 0)
+	rate := func() float64 {
+		switch r.IntN(3) {
+		case 0:
+			return 1 - drift
+		case 1:
+			return 1 + drift
+		}
+		return 1 - drift + 2*drift*r.Float64()
+	}
+	shortened := 0
+	for i := range 20000 {
+		n := 3 + 2*r.IntN(2) // 3 or 5 witnesses
+		need := n/2 + 1
+		ttl := time.Duration(500+r.IntN(5000)) * time.Millisecond
+		margin := time.Duration(r.IntN(int(ttl / 10)))
+		every := RenewEvery(ttl)
+		delay := func() time.Duration {
+			if r.IntN(4) == 0 {
+				return 0 // the worst case: instant messages
+			}
+			return time.Duration(r.Int64N(int64(ttl / 3)))
+		}
+		keeper := clock{offset: time.Duration(r.Int64N(int64(time.Hour))), rate: rate()}
+		leader := clock{offset: time.Duration(r.Int64N(int64(time.Hour))), rate: rate()}
+		wit := make([]clock, n)
+		for j := range wit {
+			wit[j] = clock{offset: time.Duration(r.Int64N(int64(time.Hour))), rate: rate()}
+		}
+		// The leader revokes at witness j at revokeReal[j] (real time): a random moment after
+		// the keeper started, so some witnesses revoke while the keeper still renews.
+		rounds := 2 + r.IntN(40)
+		stopReal := time.Duration(rounds) * every // the keeper dies (or is cut off) here
+		revokeReal := make([]time.Duration, n)
+		for j := range revokeReal {
+			revokeReal[j] = time.Duration(r.Int64N(int64(stopReal + 3*ttl)))
+		}
+		// Rounds are sent every `every` of keeper time; witness j grants round k if the
+		// request reaches it before it revokes. The keeper counts a round once a majority
+		// granted it (it hears back in time or not: counting it is the worst case).
+		lastGrant := make([]time.Duration, n) // real time of j's last grant; -1: none
+		for j := range lastGrant {
+			lastGrant[j] = -1
+		}
+		lastCountedSend := time.Duration(-1) // keeper-clock reading
+		for k := range rounds {
+			sendLocal := time.Duration(k) * every
+			sendReal := keeper.realAt(keeper.offset + sendLocal)
+			granted := 0
+			for j := range n {
+				if r.IntN(10) == 0 {
+					continue // lost
+				}
+				at := sendReal + delay()
+				if at < revokeReal[j] {
+					granted++
+					lastGrant[j] = max(lastGrant[j], at)
+				}
+			}
+			if granted >= need {
+				lastCountedSend = keeper.offset + sendLocal
+			}
+		}
+		if lastCountedSend < 0 {
+			continue // the keeper never held a lease: nothing to check
+		}
+		fenceReal := keeper.realAt(KeeperDeadline(base.Add(lastCountedSend), ttl, drift, margin).Sub(base))
+		// The leader hears the acknowledgements in arrival order and uses the first majority.
+		type ackT struct {
+			real  time.Duration
+			since time.Duration
+		}
+		var acks []ackT
+		for j := range n {
+			since := time.Duration(0)
+			if lastGrant[j] >= 0 && r.IntN(8) != 0 { // else: restarted, forgot
+				since = wit[j].read(revokeReal[j]) - wit[j].read(lastGrant[j])
+			}
+			acks = append(acks, ackT{real: revokeReal[j] + delay(), since: since})
+		}
+		slices.SortFunc(acks, func(a, b ackT) int { return cmp.Compare(a.real, b.real) })
+		var counted []RevocationAck
+		for _, a := range acks[:need] {
+			counted = append(counted, RevocationAck{At: base.Add(leader.read(a.real)), SinceLastGrant: a.since})
+		}
+		lastAck := counted[need-1].At
+		safeLocal := RevocationSafeAfterGrants(counted, ttl, drift)
+		if old := RevocationSafeAfter(lastAck, ttl, drift); safeLocal.After(old) {
+			t.Fatalf("case %d: the shortened wait ends at %v, after the plain one %v", i, safeLocal, old)
+		} else if safeLocal.Before(old) {
+			shortened++
+		}
+		safeReal := leader.realAt(safeLocal.Sub(base))
+		if fenceReal > safeReal {
+			t.Fatalf("case %d: keeper fences at real %v but the leader deems the lease over at %v (n %d, ttl %v, margin %v, keeper rate %.4f, leader rate %.4f, witnesses %v)",
+				i, fenceReal, safeReal, n, ttl, margin, keeper.rate, leader.rate, wit)
+		}
+	}
+	if shortened < 1000 {
+		t.Errorf("only %d cases shortened the wait: the simulation does not exercise the rule", shortened)
+	}
+}
+
+// TestShortenedWaitFactorIsTight shows why the witness's since is scaled by (1−d)/(1+d) and not
+// (1−d): with the witness's clock fast, the leader's slow and the keeper's slow, all at the
+// bound, (1−d) alone lets the leader stop waiting before the keeper fences.
+func TestShortenedWaitFactorIsTight(t *testing.T) {
+	const ttl, drift = 2 * time.Second, DefaultDrift
+	keeper := clock{rate: 1 - drift}
+	leader := clock{rate: 1 - drift}
+	w := clock{rate: 1 + drift}
+	base := time.Unix(0, 0)
+	// The keeper's last counted round is sent at real 0 and granted at once by w, which
+	// revokes 10 s later; the acknowledgement arrives at once.
+	fenceReal := keeper.realAt(KeeperDeadline(base, ttl, drift, 0).Sub(base))
+	since := w.read(10*time.Second) - w.read(0)
+	ackLocal := base.Add(leader.read(10 * time.Second))
+	naive := ackLocal.Add(-time.Duration(float64(since) * (1 - drift))).Add(time.Duration(float64(ttl) * (1 + drift)))
+	if naiveReal := leader.realAt(naive.Sub(base)); fenceReal <= naiveReal {
+		t.Fatalf("expected an overlap with the (1−d) factor: fence %v, safe %v", fenceReal, naiveReal)
+	}
+	safe := RevocationSafeAfterGrants([]RevocationAck{{At: ackLocal, SinceLastGrant: since}}, ttl, drift)
+	if safeReal := leader.realAt(safe.Sub(base)); fenceReal > safeReal {
+		t.Fatalf("with (1−d)/(1+d): fence %v after safe %v", fenceReal, safeReal)
+	}
+}
+
+func TestGrantBound(t *testing.T) {
+	at := time.Unix(100, 0)
+	if !GrantBound(nil, DefaultDrift).IsZero() {
+		t.Error("no acknowledgements: want the zero time")
+	}
+	// A witness that does not know (0) bounds at its acknowledgement: the old rule.
+	got := GrantBound([]RevocationAck{{At: at, SinceLastGrant: 5 * time.Second}, {At: at.Add(-time.Second)}}, DefaultDrift)
+	if !got.Equal(at.Add(-time.Second)) {
+		t.Errorf("bound %v, want the unknowing witness's acknowledgement %v", got, at.Add(-time.Second))
+	}
+	got = GrantBound([]RevocationAck{{At: at, SinceLastGrant: 2100 * time.Millisecond}, {At: at, SinceLastGrant: -time.Second}}, 0.05)
+	if !got.Equal(at) {
+		t.Errorf("a negative since must count as 0: %v", got)
+	}
+	got = GrantBound([]RevocationAck{{At: at, SinceLastGrant: 2100 * time.Millisecond}}, 0.05)
+	if want := at.Add(-1900 * time.Millisecond); !got.Equal(want) {
+		t.Errorf("bound %v, want %v (2.1 s × 0.95/1.05)", got, want)
 	}
 }
