@@ -71,6 +71,10 @@ var handlers = map[regentv1.CommandType]handler{
 		newPayload: func() proto.Message { return &regentv1.AdvanceFailoverCommand{} },
 		apply:      func(tx *txn, p proto.Message) error { return advanceFailover(tx, p.(*regentv1.AdvanceFailoverCommand)) },
 	},
+	regentv1.CommandType_COMMAND_TYPE_RECORD_REJOIN: {
+		newPayload: func() proto.Message { return &regentv1.RecordRejoinCommand{} },
+		apply:      func(tx *txn, p proto.Message) error { return recordRejoin(tx, p.(*regentv1.RecordRejoinCommand)) },
+	},
 }
 
 var deterministic = proto.MarshalOptions{Deterministic: true}
