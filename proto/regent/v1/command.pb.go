@@ -778,9 +778,12 @@ type StartFailoverCommand struct {
 	// Estimated data loss at decision time (old primary's last LSN − candidate's received LSN).
 	EstimatedLossBytes int64 `protobuf:"varint,9,opt,name=estimated_loss_bytes,json=estimatedLossBytes,proto3" json:"estimated_loss_bytes,omitempty"`
 	// A planned switchover (see FailoverEvent.switchover).
-	Switchover    bool `protobuf:"varint,10,opt,name=switchover,proto3" json:"switchover,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Switchover bool `protobuf:"varint,10,opt,name=switchover,proto3" json:"switchover,omitempty"`
+	// Switchover: the operator's bound on waiting for the target to catch up (0: the policy's
+	// switchover_timeout).
+	SwitchoverTimeoutMs int64 `protobuf:"varint,11,opt,name=switchover_timeout_ms,json=switchoverTimeoutMs,proto3" json:"switchover_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StartFailoverCommand) Reset() {
@@ -883,6 +886,13 @@ func (x *StartFailoverCommand) GetSwitchover() bool {
 	return false
 }
 
+func (x *StartFailoverCommand) GetSwitchoverTimeoutMs() int64 {
+	if x != nil {
+		return x.SwitchoverTimeoutMs
+	}
+	return 0
+}
+
 // AdvanceFailoverCommand moves a saga to its next step (or aborts it), recording what the
 // step learnt. Steps only move forward: decided → fenced → promoted → repointed → published →
 // completed; aborted is allowed only before promoted. A command whose term is lower than the
@@ -901,8 +911,13 @@ type AdvanceFailoverCommand struct {
 	Published        bool                   `protobuf:"varint,10,opt,name=published,proto3" json:"published,omitempty"`
 	PublishError     string                 `protobuf:"bytes,11,opt,name=publish_error,json=publishError,proto3" json:"publish_error,omitempty"`
 	Note             string                 `protobuf:"bytes,12,opt,name=note,proto3" json:"note,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Switchover (step fenced): the end of the old primary's WAL after its clean shutdown and
+	// the target's replay position when it was found caught up (where the new timeline forks);
+	// recorded on the event when set.
+	FinalLsn      uint64 `protobuf:"varint,13,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
+	ForkLsn       uint64 `protobuf:"varint,14,opt,name=fork_lsn,json=forkLsn,proto3" json:"fork_lsn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AdvanceFailoverCommand) Reset() {
@@ -1017,6 +1032,20 @@ func (x *AdvanceFailoverCommand) GetNote() string {
 		return x.Note
 	}
 	return ""
+}
+
+func (x *AdvanceFailoverCommand) GetFinalLsn() uint64 {
+	if x != nil {
+		return x.FinalLsn
+	}
+	return 0
+}
+
+func (x *AdvanceFailoverCommand) GetForkLsn() uint64 {
+	if x != nil {
+		return x.ForkLsn
+	}
+	return 0
 }
 
 // RecordRejoinCommand records the progress of an old primary's rejoin on its failover event
@@ -1158,7 +1187,7 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
 	"\x14RecordRefusalCommand\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc9\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xfd\x02\n" +
 	"\x14StartFailoverCommand\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\tR\bfromNode\x12\x17\n" +
@@ -1172,7 +1201,8 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"switchover\x18\n" +
 	" \x01(\bR\n" +
-	"switchover\"\xca\x03\n" +
+	"switchover\x122\n" +
+	"\x15switchover_timeout_ms\x18\v \x01(\x03R\x13switchoverTimeoutMs\"\x82\x04\n" +
 	"\x16AdvanceFailoverCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12+\n" +
 	"\x04step\x18\x02 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12\x12\n" +
@@ -1186,7 +1216,9 @@ const file_regent_v1_command_proto_rawDesc = "" +
 	"\tpublished\x18\n" +
 	" \x01(\bR\tpublished\x12#\n" +
 	"\rpublish_error\x18\v \x01(\tR\fpublishError\x12\x12\n" +
-	"\x04note\x18\f \x01(\tR\x04noteB\x12\n" +
+	"\x04note\x18\f \x01(\tR\x04note\x12\x1b\n" +
+	"\tfinal_lsn\x18\r \x01(\x04R\bfinalLsn\x12\x19\n" +
+	"\bfork_lsn\x18\x0e \x01(\x04R\aforkLsnB\x12\n" +
 	"\x10_data_loss_bytes\"\xb0\x02\n" +
 	"\x13RecordRejoinCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\x04R\aeventId\x12\x12\n" +

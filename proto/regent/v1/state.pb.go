@@ -1330,9 +1330,12 @@ type FailoverEvent struct {
 	ForkLsn  uint64 `protobuf:"varint,27,opt,name=fork_lsn,json=forkLsn,proto3" json:"fork_lsn,omitempty"`
 	FinalLsn uint64 `protobuf:"varint,28,opt,name=final_lsn,json=finalLsn,proto3" json:"final_lsn,omitempty"`
 	// How the old primary is coming back as a standby; unset until the rejoin starts.
-	Rejoin        *Rejoin `protobuf:"bytes,29,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Rejoin *Rejoin `protobuf:"bytes,29,opt,name=rejoin,proto3" json:"rejoin,omitempty"`
+	// Switchover: the operator's bound on waiting for the target to catch up (0: the policy's
+	// switchover_timeout).
+	SwitchoverTimeoutMs int64 `protobuf:"varint,30,opt,name=switchover_timeout_ms,json=switchoverTimeoutMs,proto3" json:"switchover_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *FailoverEvent) Reset() {
@@ -1566,6 +1569,13 @@ func (x *FailoverEvent) GetRejoin() *Rejoin {
 		return x.Rejoin
 	}
 	return nil
+}
+
+func (x *FailoverEvent) GetSwitchoverTimeoutMs() int64 {
+	if x != nil {
+		return x.SwitchoverTimeoutMs
+	}
+	return 0
 }
 
 // Rejoin tracks the old primary of a failover event coming back as a standby.
@@ -2089,7 +2099,7 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"\x13catchup_eta_seconds\x18\r \x01(\x01R\x11catchupEtaSeconds\"c\n" +
 	"\bStepTime\x12+\n" +
 	"\x04step\x18\x01 \x01(\x0e2\x17.regent.v1.FailoverStepR\x04step\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xb3\b\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xe7\b\n" +
 	"\rFailoverEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1f\n" +
@@ -2124,7 +2134,8 @@ const file_regent_v1_state_proto_rawDesc = "" +
 	"switchover\x12\x19\n" +
 	"\bfork_lsn\x18\x1b \x01(\x04R\aforkLsn\x12\x1b\n" +
 	"\tfinal_lsn\x18\x1c \x01(\x04R\bfinalLsn\x12)\n" +
-	"\x06rejoin\x18\x1d \x01(\v2\x11.regent.v1.RejoinR\x06rejoinB\x12\n" +
+	"\x06rejoin\x18\x1d \x01(\v2\x11.regent.v1.RejoinR\x06rejoin\x122\n" +
+	"\x15switchover_timeout_ms\x18\x1e \x01(\x03R\x13switchoverTimeoutMsB\x12\n" +
 	"\x10_data_loss_bytesB\x14\n" +
 	"\x12_lost_transactions\"\xec\x02\n" +
 	"\x06Rejoin\x12\x12\n" +
