@@ -200,6 +200,9 @@ func startFailover(tx *txn, cmd *regentv1.StartFailoverCommand) error {
 		Manual:        cmd.GetManual(),
 		Force:         cmd.GetForce(),
 		OldPrimaryLsn: cmd.GetOldPrimaryLsn(),
+
+		Switchover:          cmd.GetSwitchover(),
+		SwitchoverTimeoutMs: cmd.GetSwitchoverTimeoutMs(),
 	}
 	s.NextEventId++
 	// Ids only grow, so appending keeps the events sorted by id.
@@ -214,14 +217,18 @@ func startFailover(tx *txn, cmd *regentv1.StartFailoverCommand) error {
 		emitCluster(tx, c)
 	}
 	if cmd.GetManual() {
-		detail := fmt.Sprintf("failover %d: %s (%s) → %s (%s)", ev.GetId(), ev.GetFromNode(), ev.GetFromRegion(), ev.GetToNode(), ev.GetToRegion())
+		kind := "failover"
+		if ev.GetSwitchover() {
+			kind = "switchover"
+		}
+		detail := fmt.Sprintf("%s %d: %s (%s) → %s (%s)", kind, ev.GetId(), ev.GetFromNode(), ev.GetFromRegion(), ev.GetToNode(), ev.GetToRegion())
 		if ev.GetForce() {
 			detail += ", forced past the lag gate"
 		}
 		if ev.GetTriggerReason() != "" {
 			detail += "; " + ev.GetTriggerReason()
 		}
-		tx.audit("cluster.failover", c.GetName(), detail)
+		tx.audit("cluster."+kind, c.GetName(), detail)
 	}
 	return nil
 }
@@ -299,6 +306,12 @@ func advanceFailover(tx *txn, cmd *regentv1.AdvanceFailoverCommand) error {
 		ev.DataLossBytes = &v
 		ev.DataLossExact = cmd.GetDataLossExact()
 	}
+	if cmd.GetFinalLsn() != 0 {
+		ev.FinalLsn = cmd.GetFinalLsn()
+	}
+	if cmd.GetForkLsn() != 0 {
+		ev.ForkLsn = cmd.GetForkLsn()
+	}
 	if n := cmd.GetNote(); n != "" {
 		ev.Notes = append(ev.Notes, n)
 		if over := len(ev.Notes) - MaxEventNotes; over > 0 {
@@ -313,6 +326,11 @@ func advanceFailover(tx *txn, cmd *regentv1.AdvanceFailoverCommand) error {
 		ev.FenceMethod = cmd.GetFenceMethod()
 	case regentv1.FailoverStep_FAILOVER_STEP_PROMOTED:
 		ev.PromotedLsn, ev.PromotedTimeline = cmd.GetPromotedLsn(), cmd.GetPromotedTimeline()
+		if ev.GetSwitchover() && ev.Rejoin == nil {
+			ev.Rejoin = &regentv1.Rejoin{Node: ev.GetFromNode(), Status: regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP, Method: "follow",
+				StartedAt: tx.now(), FinishedAt: tx.now(),
+				Detail: "switchover: the old primary was shut down cleanly and follows the new primary without a rewind"}
+		}
 		if c != nil {
 			promote(c, ev)
 			clusterChanged = true
@@ -347,13 +365,18 @@ func advanceFailover(tx *txn, cmd *regentv1.AdvanceFailoverCommand) error {
 }
 
 // promote records a promotion in the cluster: to_node is the primary, and the roles of the
-// two nodes say so (the old primary stays fenced until the rejoin flow takes it over). The
-// primary's lease starts a new epoch: witnesses grant the old primary's keeper nothing more.
+// two nodes say so (the old primary stays fenced until the rejoin flow takes it over; after a
+// switchover it is already a standby following the candidate, so it is a replica, and the
+// event's rejoin says it followed without a rewind). The primary's lease starts a new epoch:
+// witnesses grant the old primary's keeper nothing more.
 func promote(c *regentv1.Cluster, ev *regentv1.FailoverEvent) {
 	c.Primary = ev.GetToNode()
 	c.LeaseEpoch++
 	if i, ok := findNodeStatus(c, ev.GetFromNode()); ok {
 		c.NodeStatus[i].Role = regentv1.NodeRole_NODE_ROLE_FENCED
+		if ev.GetSwitchover() {
+			c.NodeStatus[i].Role = regentv1.NodeRole_NODE_ROLE_REPLICA
+		}
 	}
 	if i, ok := findNodeStatus(c, ev.GetToNode()); ok {
 		c.NodeStatus[i].Role = regentv1.NodeRole_NODE_ROLE_PRIMARY
