@@ -20,6 +20,7 @@ import (
 	"github.com/regentdb/regent/fsm"
 	"github.com/regentdb/regent/internal/witnesstest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+	"github.com/regentdb/regent/spec"
 )
 
 const wait = 30 * time.Second
@@ -526,10 +527,26 @@ func TestLeaseRenewalsAndDurableRevocation(t *testing.T) {
 			t.Errorf("w%d granted an epoch it does not know: %v", i+1, r)
 		}
 	}
+	// Renewals carry the policy's lease_ttl and the number of witnesses (for the keeper's
+	// majority).
+	if r := renew(leader, "pg-us", 1); r.GetLeaseTtlMs() != spec.DefaultLeaseTTL.Milliseconds() || r.GetVoters() != 3 {
+		t.Errorf("renewal carries lease_ttl_ms %d and voters %d, want %d and 3", r.GetLeaseTtlMs(), r.GetVoters(), spec.DefaultLeaseTTL.Milliseconds())
+	}
 	// w2 revokes epoch 1; it refuses from then on, also after a restart; the others still grant.
+	// Its answer says how long before the revocation it last granted: at least the time since
+	// the grant just before, which the test measures from outside.
 	f := c.Follower(leader)
-	if _, err := c.Client(f).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1}); err != nil {
+	sent := time.Now()
+	renew(f, "pg-us", 1)
+	granted := time.Now()
+	witnesstest.Eventually(t, wait, "some time since the last grant", func() bool { return time.Since(granted) > 200*time.Millisecond })
+	before := time.Since(granted)
+	rv, err := c.Client(f).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if since := time.Duration(rv.GetSinceLastGrantMs()) * time.Millisecond; since < before-time.Millisecond || since > time.Since(sent) {
+		t.Errorf("since_last_grant %v, want between %v and %v", since, before, time.Since(sent))
 	}
 	if r := renew(f, "pg-us", 1); r.GetGranted() || !strings.Contains(r.GetReason(), "revoked") {
 		t.Errorf("revoked epoch granted: %v", r)
@@ -538,6 +555,10 @@ func TestLeaseRenewalsAndDurableRevocation(t *testing.T) {
 	c.StartNode(f)
 	if r := renew(f, "pg-us", 1); r.GetGranted() {
 		t.Errorf("revoked epoch granted after a restart: %v", r)
+	}
+	// Restarted, it no longer knows when it last granted: 0, the safe answer.
+	if rv, err := c.Client(f).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1}); err != nil || rv.GetSinceLastGrantMs() != 0 {
+		t.Errorf("a restarted witness answered since_last_grant %d (%v), want 0", rv.GetSinceLastGrantMs(), err)
 	}
 	if r := renew(leader, "pg-us", 1); !r.GetGranted() {
 		t.Errorf("a witness that did not revoke refused: %v", r)

@@ -33,11 +33,26 @@ func (w world) target(c *regentv1.Cluster, n *regentv1.NodeSpec) pgconnect.Targe
 		Password: pw, SSLMode: pg.SSLMode, Node: n.GetName(), Cluster: c.GetName()}
 }
 
+// Fence fences the old primary of event ev: first through its keeper, when it has one (a STOP
+// the keeper confirms — PostgreSQL stopped and kept stopped — is a fence, method "keeper", with
+// no lease to wait out), then with the policy's methods (SQL, command). Nothing confirming, the
+// saga falls back to revoking the lease.
 func (w world) Fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) coordinator.FenceOutcome {
 	pol := spec.WithDefaults(c.GetPolicy())
 	old := nodeOf(c, ev.GetFromNode())
 	if old == nil {
 		return coordinator.FenceOutcome{Notes: []string{"old primary " + ev.GetFromNode() + " is not in the spec"}}
+	}
+	var keeperNote string
+	if hasKeeper(old) {
+		ok, note := w.fenceByKeeper(ctx, c, old, ev, pol)
+		if ok {
+			return coordinator.FenceOutcome{Method: methodKeeper, Notes: []string{note}}
+		}
+		keeperNote = note
+		if ctx.Err() != nil {
+			return coordinator.FenceOutcome{Notes: []string{note}}
+		}
 	}
 	timeout := time.Duration(pol.GetCommandTimeoutMs()) * time.Millisecond
 	// The SQL fence of a dead server must not hold the saga long: a probe timeout's worth of
@@ -48,6 +63,9 @@ func (w world) Fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fail
 		Shell: pol.GetFenceCommand(), Env: coordinator.HookEnv(c, ev), Timeout: timeout,
 	})
 	res := coordinator.FenceOutcome{Method: out.Method}
+	if keeperNote != "" {
+		res.Notes = append(res.Notes, keeperNote)
+	}
 	for _, at := range out.Attempts {
 		note := at.Method + ": "
 		if at.Err != "" {
@@ -61,6 +79,28 @@ func (w world) Fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fail
 		res.Notes = append(res.Notes, note)
 	}
 	return res
+}
+
+// methodKeeper is the fence method recorded when the old primary's keeper confirmed a STOP.
+const methodKeeper = "keeper"
+
+// fenceByKeeper asks the old primary's keeper to STOP PostgreSQL with the event's fencing token
+// and reports whether it confirmed that the server is stopped and stays stopped, with a note
+// for the event. The attempt is bounded by the policy's lease_ttl: a keeper that cannot answer
+// sooner (its host is gone) is no faster than waiting out the lease, which follows.
+func (w world) fenceByKeeper(ctx context.Context, c *regentv1.Cluster, old *regentv1.NodeSpec, ev *regentv1.FailoverEvent, pol *regentv1.Policy) (bool, string) {
+	kctx, cancel := context.WithTimeout(ctx, time.Duration(pol.GetLeaseTtlMs())*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	resp, err := instructKeeper(kctx, c, old, regentv1.KeeperAction_KEEPER_ACTION_STOP, ev.GetTerm(), ev.GetId(), nil)
+	took := time.Since(start).Round(time.Millisecond)
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("keeper: STOP not confirmed after %v: %v", took, err)
+	case !resp.GetDone() || !resp.GetStopped():
+		return false, fmt.Sprintf("keeper: STOP not confirmed after %v: %s", took, resp.GetDetail())
+	}
+	return true, fmt.Sprintf("keeper: PostgreSQL stopped and kept stopped (%s; %v)", resp.GetDetail(), took)
 }
 
 func (w world) Promote(ctx context.Context, c *regentv1.Cluster, n *regentv1.NodeSpec) (uint64, uint32, error) {
@@ -79,8 +119,16 @@ func (w world) Repoint(ctx context.Context, c *regentv1.Cluster, standby, primar
 	return pgops.WaitStreamingFrom(ctx, t, primary.GetHost(), uint16(primary.GetPort()))
 }
 
+// RevokeLease revokes the old primary's lease epoch at a majority of witnesses and returns
+// fencing.GrantBound of their acknowledgements: the local time from which lease_ttl ×
+// (1 + drift) surely covers the old lease (no later than the last acknowledgement, and earlier
+// by about as long as the revokers had stopped granting).
 func (w world) RevokeLease(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (time.Time, error) {
-	return w.a.revokeAtMajority(ctx, c, ev)
+	acks, err := w.a.revokeAtMajority(ctx, c, ev)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fencing.GrantBound(acks, fencing.DefaultDrift), nil
 }
 
 func (w world) Publish(ctx context.Context, c *regentv1.Cluster, primary *regentv1.NodeSpec, prevToken, newToken string) error {

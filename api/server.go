@@ -47,11 +47,11 @@ type Server struct {
 	onReport   func(witness string, obs []*regentv1.Observation) error
 	onFailover func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)
 	onRenew    func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse
-	onRevoke   func(*regentv1.RevokeLeaseRequest) error
+	onRevoke   func(*regentv1.RevokeLeaseRequest) (*regentv1.RevokeLeaseResponse, error)
 }
 
 // SetLeaseHandlers sets how this witness answers lease renewals and revocations.
-func (s *Server) SetLeaseHandlers(renew func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse, revoke func(*regentv1.RevokeLeaseRequest) error) {
+func (s *Server) SetLeaseHandlers(renew func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse, revoke func(*regentv1.RevokeLeaseRequest) (*regentv1.RevokeLeaseResponse, error)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.onRenew, s.onRevoke = renew, revoke
@@ -72,7 +72,8 @@ func (s *Server) RenewLease(ctx context.Context, req *regentv1.RenewLeaseRequest
 	return h(req), nil
 }
 
-// RevokeLease records, durably, that this witness grants no more renewals of the epoch.
+// RevokeLease records, durably, that this witness grants no more renewals of the epoch, and
+// answers how long before that it last granted one (0: unknown).
 func (s *Server) RevokeLease(ctx context.Context, req *regentv1.RevokeLeaseRequest) (*regentv1.RevokeLeaseResponse, error) {
 	if req.GetCluster() == "" || req.GetEpoch() == 0 {
 		return nil, invalid("cluster, epoch", "are required")
@@ -83,10 +84,11 @@ func (s *Server) RevokeLease(ctx context.Context, req *regentv1.RevokeLeaseReque
 	if h == nil {
 		return nil, status.Error(codes.Unavailable, "this witness is starting; retry")
 	}
-	if err := h(req); err != nil {
+	resp, err := h(req)
+	if err != nil {
 		return nil, status.Errorf(codes.Internal, "revoke: %v", err)
 	}
-	return &regentv1.RevokeLeaseResponse{Witness: s.name}, nil
+	return resp, nil
 }
 
 // SetFailoverHandler sets how the leader starts a manual failover (see Failover).

@@ -85,7 +85,16 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		done = false
 	}
 	k.poke()
-	return &regentv1.InstructResponse{Done: done, Detail: detail, Highest: k.state.Get().Highest.Proto()}, nil
+	resp := &regentv1.InstructResponse{Done: done, Detail: detail, Highest: k.state.Get().Highest.Proto()}
+	if act == regentv1.KeeperAction_KEEPER_ACTION_STOP && done {
+		// The stop is marked durably and no postmaster runs: a fence the leader need not
+		// wait out. The control file's final position is the end of the stopped WAL.
+		resp.Stopped = true
+		if cd, err := k.pg.ControlData(actx); err == nil {
+			_, resp.FinalLsn = controlFacts(cd)
+		}
+	}
+	return resp, nil
 }
 
 // do carries out one action; actMu is held.
