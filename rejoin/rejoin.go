@@ -113,6 +113,13 @@ func (l Loss) LogValue() slog.Value {
 // When the WAL after the fork point is no longer in pg_wal, Measure returns the Loss with exact
 // Bytes and Transactions -1, and an error wrapping ErrWALMissing.
 func Measure(ctx context.Context, l Local, newPrimary pgconnect.Target) (Loss, error) {
+	return MeasureWith(ctx, l, newPrimary, ScanOptions{})
+}
+
+// MeasureWith is Measure with options for counting the lost transactions: with opts.Exclude
+// (TableRelFiles of regent.heartbeat on the new primary), the transactions that only wrote
+// those relations — regent's heartbeats — are not counted as lost (Loss.WAL.Excluded).
+func MeasureWith(ctx context.Context, l Local, newPrimary pgconnect.Target, opts ScanOptions) (Loss, error) {
 	if err := l.validate(); err != nil {
 		return Loss{}, err
 	}
@@ -154,10 +161,61 @@ func Measure(ctx context.Context, l Local, newPrimary pgconnect.Target) (Loss, e
 		return loss, err
 	}
 	loss.Bytes = DataLossBytes(loss.FinalLSN, loss.ForkLSN)
-	loss.WAL, err = u.scanWAL(ctx, l, loss.ForkLSN, loss.FinalLSN, loss.Timeline)
+	opts.segSize = cd.WALSegmentSize
+	loss.WAL, err = u.scanWAL(ctx, l, loss.ForkLSN, loss.FinalLSN, loss.Timeline, opts)
 	if err != nil {
 		return loss, err
 	}
 	loss.Transactions = loss.WAL.Lost()
 	return loss, nil
+}
+
+// relFilesSQL lists the storage of a table ($1, a qualified name), of its indexes, and of its
+// TOAST table and TOAST index, in the connection's database; nothing when there is no such
+// table.
+const relFilesSQL = `WITH t AS (
+  SELECT c.oid, c.reltoastrelid FROM pg_class c WHERE c.oid = to_regclass($1)
+), all_rels AS (
+  SELECT oid FROM t
+  UNION SELECT reltoastrelid FROM t WHERE reltoastrelid <> 0
+  UNION SELECT i.indexrelid FROM t JOIN pg_index i ON i.indrelid IN (t.oid, t.reltoastrelid)
+)
+SELECT CASE WHEN c.reltablespace = 0 THEN d.dattablespace ELSE c.reltablespace END::bigint, d.oid::bigint,
+       pg_relation_filenode(c.oid)::bigint
+FROM all_rels a JOIN pg_class c ON c.oid = a.oid, pg_database d
+WHERE d.datname = current_database() AND pg_relation_filenode(c.oid) IS NOT NULL
+ORDER BY 1, 2, 3`
+
+// TableRelFiles returns the storage (RelFile) of table (a qualified name such as
+// "regent.heartbeat"), its indexes and its TOAST relations on target, in target's database:
+// pass regent's heartbeat table read from the new primary as ScanOptions.Exclude, so that the
+// heartbeat commits regent's leader makes on every primary are not counted as lost
+// transactions. Only that table, not the whole regent schema: with the default search_path a
+// role named "regent" creates its own tables in that schema. A table rewritten on the new
+// primary after the fork (VACUUM FULL, TRUNCATE) has a new relfilenode there: the old
+// primary's writes to it then count as lost, never the reverse. No such table gives an empty
+// list, not an error.
+func TableRelFiles(ctx context.Context, target pgconnect.Target, table string) ([]RelFile, error) {
+	c, err := pgconnect.Connect(ctx, target, appName)
+	if err != nil {
+		return nil, fmt.Errorf("rejoin: looking up the storage of %s on %s: %w; retry once it answers", table, target, err)
+	}
+	defer pgconnect.Close(c)
+	rows, err := c.Query(ctx, relFilesSQL, table)
+	if err != nil {
+		return nil, fmt.Errorf("rejoin: looking up the storage of %s on %s: %w", table, target, err)
+	}
+	defer rows.Close()
+	var out []RelFile
+	for rows.Next() {
+		var spc, db, node int64
+		if err := rows.Scan(&spc, &db, &node); err != nil {
+			return nil, fmt.Errorf("rejoin: looking up the storage of %s on %s: %w", table, target, err)
+		}
+		out = append(out, RelFile{Tablespace: uint32(spc), Database: uint32(db), RelNode: uint32(node)})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("rejoin: looking up the storage of %s on %s: %w", table, target, err)
+	}
+	return out, nil
 }

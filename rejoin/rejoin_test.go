@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/regentdb/regent/heartbeat"
 	"github.com/regentdb/regent/pgconnect"
 	"github.com/regentdb/regent/pgops"
 	"github.com/regentdb/regent/pgtest"
@@ -52,6 +55,13 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 // timeline, and the primary's flushed WAL position after its last commit.
 func failover(t *testing.T, ctx context.Context, b *pgtest.Bench) (ids []int64, replayed, flushed uint64) {
 	t.Helper()
+	return failoverWith(t, ctx, b, nil)
+}
+
+// failoverWith is failover with more work on the old primary after the lost rows (on the same
+// connection, before the kill): more commits the failover loses.
+func failoverWith(t *testing.T, ctx context.Context, b *pgtest.Bench, more func(*pgx.Conn)) (ids []int64, replayed, flushed uint64) {
+	t.Helper()
 	old, s1 := b.Primary, b.Standbys[0]
 	if err := old.Exec(ctx, `CREATE TABLE `+pgtest.LoadTable+` (id bigserial PRIMARY KEY,
 		at timestamptz NOT NULL DEFAULT clock_timestamp(), payload text)`); err != nil {
@@ -74,6 +84,9 @@ func failover(t *testing.T, ctx context.Context, b *pgtest.Bench) (ids []int64, 
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
+	}
+	if more != nil {
+		more(c)
 	}
 	var lsn string
 	if err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
@@ -496,5 +509,63 @@ func TestRecloneWhenRewindImpossible(t *testing.T) {
 		if !slices.Equal(missing, ids) {
 			t.Errorf("rows missing on %s: %v, want all %d lost rows", s.Name, missing, len(ids))
 		}
+	}
+}
+
+// The leader writes regent.heartbeat on every primary each second: those commits are no
+// user's work, so with the heartbeat table excluded they are not lost transactions — but a
+// transaction that also wrote a user table, in itself or in a subtransaction, still is.
+func TestLostTransactionsExcludeHeartbeats(t *testing.T) {
+	b := pgtest.Start(t, pgtest.Options{Standbys: 1, PasswordAuth: true, Password: benchPassword,
+		Settings: map[string]string{"autovacuum": "off"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := b.Primary.Exec(ctx, heartbeat.Schema); err != nil {
+		t.Fatal(err)
+	}
+	const beats = 7
+	beat := `INSERT INTO regent.heartbeat (cluster, node, region, ts, lsn) VALUES ('orders', 'pg-us', 'us', now(), pg_current_wal_lsn())
+		ON CONFLICT (cluster, node) DO UPDATE SET ts = excluded.ts, lsn = excluded.lsn`
+	row := `INSERT INTO ` + pgtest.LoadTable + ` (payload) VALUES ('mixed')`
+	_, _, _ = failoverWith(t, ctx, b, func(c *pgx.Conn) {
+		for _, sql := range []string{
+			beat, beat, beat,
+			"BEGIN; " + beat + "; " + row + "; COMMIT",                                    // lost: it wrote a user row
+			"BEGIN; " + beat + "; SAVEPOINT s; " + row + "; RELEASE SAVEPOINT s; COMMIT",  // lost: its subtransaction did
+			"BEGIN; SAVEPOINT s; " + beat + "; RELEASE SAVEPOINT s; " + beat + "; COMMIT", // a heartbeat, subtransaction and all
+			beat, beat, beat,
+		} {
+			if _, err := c.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+	})
+	local := Local{BinDir: b.BinDir(), DataDir: b.Primary.DataDir}
+	newT := target(b, b.Standbys[0])
+	rels, err := TableRelFiles(ctx, newT, "regent.heartbeat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rels) != 4 {
+		t.Fatalf("TableRelFiles(regent.heartbeat) = %v, want the table, its primary key, its TOAST table and TOAST index", rels)
+	}
+	all, err := Measure(ctx, local, newT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loss, err := MeasureWith(ctx, local, newT, ScanOptions{Exclude: rels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("without exclusions %+v; with %+v", all.WAL, loss.WAL)
+	if want := lostRows + 2; loss.Transactions != want || loss.WAL.Excluded != beats || loss.WAL.Commits != want+beats {
+		t.Errorf("with regent excluded: %d lost, %d excluded of %d commits; want %d lost, %d excluded of %d",
+			loss.Transactions, loss.WAL.Excluded, loss.WAL.Commits, want, beats, want+beats)
+	}
+	if all.Transactions != lostRows+2+beats || all.WAL.Excluded != 0 || all.Bytes != loss.Bytes {
+		t.Errorf("without exclusions: %+v; want %d lost and the same bytes", all, lostRows+2+beats)
+	}
+	if none, err := TableRelFiles(ctx, newT, "regent.no_such_table"); err != nil || len(none) != 0 {
+		t.Errorf("TableRelFiles of a missing table = %v, %v; want none", none, err)
 	}
 }

@@ -516,3 +516,44 @@ func TestPlausibleSegment(t *testing.T) {
 		t.Error("a truncated segment is plausible")
 	}
 }
+
+func TestXidWritesExcluded(t *testing.T) {
+	hb, hbIdx := RelFile{1663, 5, 16386}, RelFile{1663, 5, 16391}
+	w := newXidWrites([]RelFile{hb, hbIdx})
+	lines := []string{
+		// 735: a heartbeat (heap and index); 736: a user row; 737: both; 738+739: the user row
+		// in a subtransaction; 740: a commit whose writes were not read.
+		"rmgr: Heap        len (rec/tot):     72/    72, tx:        735, lsn: 0/03000060, prev 0/03000028, desc: HOT_UPDATE off 2 xmax 735 flags 0x10 ; new off 3 xmax 0, blkref #0: rel 1663/5/16386 blk 0",
+		"rmgr: Btree       len (rec/tot):     64/    64, tx:        735, lsn: 0/030000A8, prev 0/03000060, desc: INSERT_LEAF off 2, blkref #0: rel 1663/5/16391 blk 1",
+		"rmgr: Heap        len (rec/tot):     54/    54, tx:        736, lsn: 0/030000E8, prev 0/030000A8, desc: INSERT off 3 flags 0x08, blkref #0: rel 1663/5/16400 blk 0",
+		"rmgr: Heap        len (rec/tot):     72/    72, tx:        737, lsn: 0/03000120, prev 0/030000E8, desc: HOT_UPDATE off 3 xmax 737 flags 0x10 ; new off 4 xmax 0, blkref #0: rel 1663/5/16386 blk 0",
+		"rmgr: Heap        len (rec/tot):     54/    54, tx:        737, lsn: 0/03000168, prev 0/03000120, desc: INSERT off 4 flags 0x08, blkref #0: rel 1663/5/16400 blk 0",
+		"rmgr: Heap        len (rec/tot):     72/    72, tx:        738, lsn: 0/030001A0, prev 0/03000168, desc: HOT_UPDATE off 4 xmax 738 flags 0x10 ; new off 5 xmax 0, blkref #0: rel 1663/5/16386 blk 0",
+		"rmgr: Heap        len (rec/tot):     54/    54, tx:        739, lsn: 0/030001E8, prev 0/030001A0, desc: INSERT off 5 flags 0x08, blkref #0: rel 1663/5/16400 blk 0",
+	}
+	for _, l := range lines {
+		rec, err := parseRecord([]byte(l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.add(rec)
+	}
+	commit := func(xid uint64, desc string) walRecord {
+		return walRecord{rmgr: "Transaction", xid: xid, desc: "COMMIT 2026-11-26 11:05:14.634328 UTC" + desc}
+	}
+	for _, tt := range []struct {
+		rec  walRecord
+		want bool
+	}{
+		{commit(735, ""), true},
+		{commit(736, ""), false},
+		{commit(737, ""), false},
+		{commit(738, "; subxacts: 739"), false},
+		{commit(738, ""), true}, // without its subtransaction it only wrote the heartbeat
+		{commit(740, ""), false},
+	} {
+		if got := w.excluded(tt.rec); got != tt.want {
+			t.Errorf("excluded(%d %q) = %v, want %v", tt.rec.xid, tt.rec.desc, got, tt.want)
+		}
+	}
+}

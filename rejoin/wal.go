@@ -436,10 +436,107 @@ type WALSummary struct {
 	// FirstCommit and LastCommit are the commit times recorded in the first and last
 	// COMMIT or COMMIT_PREPARED record (the old primary's clock); zero when there is none.
 	FirstCommit, LastCommit time.Time
+	// Excluded counts the COMMIT records (among Commits) of transactions that wrote only
+	// excluded relations (ScanOptions.Exclude: regent's own heartbeat table), so are no
+	// user's lost work. Always 0 without exclusions.
+	Excluded int
 }
 
-// Lost is the number of committed transactions: Commits + CommitsPrepared.
-func (s WALSummary) Lost() int { return s.Commits + s.CommitsPrepared }
+// Lost is the number of committed transactions that were not only writes to excluded
+// relations: Commits + CommitsPrepared − Excluded.
+func (s WALSummary) Lost() int { return s.Commits + s.CommitsPrepared - s.Excluded }
+
+// RelFile names a relation's storage as WAL records do ("rel 1663/5/16384"): its tablespace,
+// its database and its relfilenode.
+type RelFile struct {
+	Tablespace, Database, RelNode uint32
+}
+
+// String writes f as pg_waldump does.
+func (f RelFile) String() string { return fmt.Sprintf("%d/%d/%d", f.Tablespace, f.Database, f.RelNode) }
+
+// ScanOptions refine ScanWAL and Measure.
+type ScanOptions struct {
+	// Exclude are relations whose writes are not user data (regent's heartbeat table:
+	// TableRelFiles of regent.heartbeat on the new primary). A committed transaction whose records write only these is counted
+	// in WALSummary.Excluded and not in Lost. A transaction whose writes were not seen at all
+	// (they precede the stretch read) counts as lost: it is never excluded on a guess.
+	Exclude []RelFile
+	// segSize is the WAL segment size (from the control file): with exclusions the scan
+	// starts up to excludeLookBehind before `from`, within from's segment, to see the writes
+	// of transactions that commit after it.
+	segSize uint64
+}
+
+// excludeLookBehind is how far before the fork point a scan with exclusions starts reading, so
+// that a heartbeat transaction whose write precedes the fork and whose commit follows it is
+// still recognised (a heartbeat transaction lasts milliseconds and writes a few hundred bytes).
+const excludeLookBehind = 1 << 20
+
+// relRE finds the relations a pg_waldump record refers to ("blkref #0: rel 1663/5/16384 blk 0").
+var relRE = regexp.MustCompile(`\brel (\d+)/(\d+)/(\d+)`)
+
+// subxactsRE finds the subtransactions a COMMIT record lists ("; subxacts: 740 741").
+var subxactsRE = regexp.MustCompile(`subxacts:((?: \d+)+)`)
+
+// xidWrites tracks, per transaction id, whether its records wrote an excluded relation or any
+// other one.
+type xidWrites struct {
+	exclude      map[RelFile]bool
+	other, onlyX map[uint64]bool
+}
+
+func newXidWrites(exclude []RelFile) *xidWrites {
+	w := &xidWrites{exclude: map[RelFile]bool{}, other: map[uint64]bool{}, onlyX: map[uint64]bool{}}
+	for _, f := range exclude {
+		w.exclude[f] = true
+	}
+	return w
+}
+
+// add notes the relations rec refers to under its transaction id.
+func (w *xidWrites) add(rec walRecord) {
+	if rec.xid == 0 {
+		return
+	}
+	for _, m := range relRE.FindAllStringSubmatch(rec.desc, -1) {
+		var f RelFile
+		for i, p := range []*uint32{&f.Tablespace, &f.Database, &f.RelNode} {
+			n, err := strconv.ParseUint(m[i+1], 10, 32)
+			if err != nil {
+				w.other[rec.xid] = true // unreadable: never exclude on a guess
+				return
+			}
+			*p = uint32(n)
+		}
+		if w.exclude[f] {
+			w.onlyX[rec.xid] = true
+		} else {
+			w.other[rec.xid] = true
+		}
+	}
+}
+
+// excluded reports whether the COMMIT record rec ends a transaction (with its
+// subtransactions) that wrote excluded relations and nothing else.
+func (w *xidWrites) excluded(rec walRecord) bool {
+	xids := []uint64{rec.xid}
+	if m := subxactsRE.FindStringSubmatch(rec.desc); m != nil {
+		for _, f := range strings.Fields(m[1]) {
+			if n, err := strconv.ParseUint(f, 10, 32); err == nil {
+				xids = append(xids, n)
+			}
+		}
+	}
+	seen := false
+	for _, x := range xids {
+		if w.other[x] {
+			return false
+		}
+		seen = seen || w.onlyX[x]
+	}
+	return seen
+}
 
 // commitTimeRE finds the commit timestamp pg_waldump prints (in UTC: childEnv sets TZ).
 var commitTimeRE = regexp.MustCompile(`(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?) UTC`)
@@ -453,6 +550,13 @@ var commitTimeRE = regexp.MustCompile(`(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.
 // after a checkpoint, e.g. archived): the count would be short, so none is given. ErrRunning
 // and ErrBusy as for FinalLSN.
 func ScanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32) (WALSummary, error) {
+	return ScanWALWith(ctx, l, from, to, timeline, ScanOptions{})
+}
+
+// ScanWALWith is ScanWAL with options: with ScanOptions.Exclude it reads every record (not only
+// the transaction records), from a little before `from`, to tell which committed transactions
+// wrote only excluded relations (WALSummary.Excluded).
+func ScanWALWith(ctx context.Context, l Local, from, to uint64, timeline uint32, opts ScanOptions) (WALSummary, error) {
 	if from >= to {
 		return WALSummary{From: from, To: to, Timeline: timeline}, nil
 	}
@@ -468,10 +572,17 @@ func ScanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32) (WA
 		return WALSummary{}, err
 	}
 	defer unlock()
-	return u.scanWAL(ctx, l, from, to, timeline)
+	if len(opts.Exclude) > 0 && opts.segSize == 0 {
+		cd, err := u.controlData(ctx, l)
+		if err != nil {
+			return WALSummary{}, err
+		}
+		opts.segSize = cd.WALSegmentSize
+	}
+	return u.scanWAL(ctx, l, from, to, timeline, opts)
 }
 
-func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32) (WALSummary, error) {
+func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline uint32, opts ScanOptions) (WALSummary, error) {
 	sum := WALSummary{From: from, To: to, Timeline: timeline}
 	if from >= to {
 		return sum, nil
@@ -480,6 +591,14 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 		return sum, errors.New("rejoin: ScanWAL needs the timeline (FinalLSN returns it)")
 	}
 	walDir := filepath.Join(l.DataDir, "pg_wal")
+	start, filter := from, []string{"--rmgr=Transaction"}
+	var writes *xidWrites
+	if len(opts.Exclude) > 0 {
+		writes, filter = newXidWrites(opts.Exclude), nil
+		if opts.segSize > 0 {
+			start = max(from/opts.segSize*opts.segSize, from-min(from, excludeLookBehind))
+		}
+	}
 	var parseErr error
 	stderr, exitErr, startErr := u.scanLines(ctx, l, u.childEnv(), func(line []byte) {
 		if parseErr != nil || !bytes.HasPrefix(line, []byte("rmgr: ")) {
@@ -490,7 +609,10 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 			parseErr = err
 			return
 		}
-		if rec.rmgr != "Transaction" {
+		if writes != nil {
+			writes.add(rec)
+		}
+		if rec.rmgr != "Transaction" || rec.lsn < from {
 			return
 		}
 		kind, _, _ := strings.Cut(rec.desc, " ")
@@ -498,6 +620,9 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 		case "COMMIT", "COMMIT_PREPARED":
 			if kind == "COMMIT" {
 				sum.Commits++
+				if writes != nil && writes.excluded(rec) {
+					sum.Excluded++
+				}
 			} else {
 				sum.CommitsPrepared++
 			}
@@ -516,8 +641,8 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 		case "ABORT_PREPARED":
 			sum.AbortsPrepared++
 		}
-	}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", timeline),
-		"--start="+FormatLSN(from), "--end="+FormatLSN(to), "--rmgr=Transaction")
+	}, "pg_waldump", append([]string{"--path=" + walDir, fmt.Sprintf("--timeline=%d", timeline),
+		"--start=" + FormatLSN(start), "--end=" + FormatLSN(to)}, filter...)...)
 	switch {
 	case startErr != nil:
 		return sum, fmt.Errorf("rejoin: reading the WAL of %s: %w", l.DataDir, startErr)
