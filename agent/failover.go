@@ -162,6 +162,11 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 	now := time.Now()
 	d := coordinator.Decide(st, c.GetName(), now)
 	if d.Failover {
+		if hold := f.restartingInPlace(c); hold != "" {
+			d.Failover, d.Refusal = false, hold
+		}
+	}
+	if d.Failover {
 		f.a.logger.Warn("primary down: starting failover", "cluster", c.GetName(), "from", c.GetPrimary(), "to", d.Candidate, "reason", d.Reason)
 		if _, err := f.start(f.ctx, c, d.Candidate, d.Reason, d.OldPrimaryLSN, d.EstimatedLossBytes, false, false, "regent/"+f.a.cfg.NodeName); err != nil {
 			f.a.logger.Error("start failover", "cluster", c.GetName(), "err", err)
@@ -188,6 +193,33 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 		f.a.alerts.Notify(alert.Alert{Kind: "failover_declined", Severity: alert.SeverityCritical, Cluster: c.GetName(),
 			Message: fmt.Sprintf("primary %s of %s looks down but regent will not fail over: %s", c.GetPrimary(), c.GetName(), refusal)})
 	}
+}
+
+// restartingInPlace asks the keeper of c's primary, when it has one, whether it is restarting
+// its crashed server in place; while it is, within the policy's primary_start_timeout, it
+// returns the refusal that holds the failover off (else ""). A keeper that does not answer
+// (its host is gone) holds nothing off. The keeper reports the restart from the moment it sees
+// the postmaster gone (or is asked) until a few seconds after the server answers again, so the
+// witnesses' stale "down" votes do not slip a failover in just as the restart completes.
+func (f *failovers) restartingInPlace(c *regentv1.Cluster) string {
+	n := nodeOf(c, c.GetPrimary())
+	if n == nil || !hasKeeper(n) {
+		return ""
+	}
+	pol := spec.WithDefaults(c.GetPolicy())
+	ctx, cancel := context.WithTimeout(f.ctx, max(2*time.Duration(pol.GetProbeTimeoutMs())*time.Millisecond, time.Second))
+	defer cancel()
+	ks, err := keeperStatus(ctx, n)
+	if err != nil {
+		f.a.logger.Info("primary's keeper did not answer; not holding the failover off", "cluster", c.GetName(), "node", n.GetName(), "err", err)
+		return ""
+	}
+	timeout := time.Duration(pol.GetPrimaryStartTimeoutMs()) * time.Millisecond
+	elapsed := time.Duration(ks.GetRestartElapsedMs()) * time.Millisecond
+	if !ks.GetRestarting() || ks.GetNode() != n.GetName() || elapsed >= timeout {
+		return ""
+	}
+	return fmt.Sprintf("keeper restarting the primary in place (%.1fs of primary_start_timeout %v)", elapsed.Seconds(), timeout)
 }
 
 // start commits a new saga and drives it. actor is the operator of a manual failover, or the

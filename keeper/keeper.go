@@ -41,8 +41,8 @@ type Keeper struct {
 	// mu guards the fields below it.
 	mu               sync.Mutex
 	lease            leaseState
-	policyTTL        time.Duration // the cluster policy's lease_ttl, 0 until read
-	members          int           // witnesses in the Raft configuration, 0 until read
+	policyTTL        time.Duration // the cluster policy's lease_ttl (from renewals), 0 until learned
+	members          int           // witnesses the witnesses count (from renewals), 0 until learned
 	lastInRecovery   time.Time     // last time the server was seen in recovery (or with standby.signal)
 	running          bool          // the last pg_ctl status
 	designationKnown bool
@@ -50,6 +50,8 @@ type Keeper struct {
 	fencedAt         time.Time
 	startFailures    int
 	nextStart        time.Time
+	// restart is the in-place restart of a crashed designated primary (see restart.go).
+	restart restartState
 
 	// actMu serialises every action on PostgreSQL (fence, unfence, start, stop, promote).
 	actMu sync.Mutex
@@ -134,7 +136,6 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 		}
 	})
 	k.goRun(func() { k.renewLoop(ctx) })
-	k.goRun(func() { k.policyLoop(ctx) })
 	k.goRun(func() { k.controlLoop(ctx) })
 	k.log.Info("keeper started", "grpc", k.GRPCAddr(), "http", k.HTTPAddr(), "witnesses", len(cfg.Witnesses),
 		"lease_ttl", cfg.LeaseTTL.Duration, "postgres_running", running)
@@ -373,11 +374,19 @@ func (k *Keeper) reconcile(ctx context.Context, urgent bool) {
 	if !running {
 		k.mu.Lock()
 		wait := now.Before(k.nextStart)
+		if !st.Stopped && v.designated {
+			k.restart.begin(now)
+		}
 		k.mu.Unlock()
 		if !st.Stopped && v.designated && !wait {
 			k.startServer(ctx, "the designated primary's postmaster is not running")
 		}
 		return
+	}
+	if o.OK {
+		k.mu.Lock()
+		k.restart.answeredAt(now)
+		k.mu.Unlock()
 	}
 	lapsed := !now.Before(v.obligation)
 	// A FENCE instruction holds until UNFENCE or PROMOTE, or until the witnesses name this
@@ -534,6 +543,12 @@ func (k *Keeper) startServer(ctx context.Context, why string) {
 	if err != nil {
 		k.startFailures++
 		backoff := min(time.Duration(1<<min(k.startFailures, 5))*time.Second, 30*time.Second)
+		if k.restart.active() && k.startFailures == 1 {
+			// A crashed primary's first restart may fail only because its orphaned
+			// backends have not yet exited: try again soon, once.
+			backoff = restartRetry
+		}
+		k.restart.failed(k.startFailures)
 		k.nextStart = time.Now().Add(backoff)
 		k.log.Error("could not start PostgreSQL", "err", err, "retry_in", backoff)
 		return

@@ -351,12 +351,21 @@ func TestStartupRestartAndStop(t *testing.T) {
 	})
 	waitLease(t, k)
 	witnesstest.Eventually(t, wait, "writes after the crash", func() bool { return write(ctx, r.primary) == nil })
-
+	// The in-place restart is still reported for a while after the server answers (so that
+	// the leader does not read the witnesses' stale "down" votes as a failure), then ends.
 	kc := keeperClient(t, k)
+	if ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{}); err != nil || !ks.GetRestarting() || ks.GetRestartElapsedMs() <= 0 {
+		t.Errorf("KeeperStatus right after the restart: restarting %v for %d ms (%v); want it reported", ks.GetRestarting(), ks.GetRestartElapsedMs(), err)
+	}
+	witnesstest.Eventually(t, wait, "the restart no longer reported", func() bool {
+		ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
+		return err == nil && !ks.GetRestarting()
+	})
+
 	resp, err := kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 1, EventId: 1},
 		Action: regentv1.KeeperAction_KEEPER_ACTION_STOP, Cluster: "orders", Node: "pg-us"})
-	if err != nil || !resp.GetDone() {
-		t.Fatalf("STOP: %v %v", resp, err)
+	if err != nil || !resp.GetDone() || !resp.GetStopped() || resp.GetFinalLsn() == 0 {
+		t.Fatalf("STOP: %v %v; want done, stopped and the final LSN", resp, err)
 	}
 	throughout(t, 2*testTTL, 100*time.Millisecond, func() string {
 		if running, err := k.pg.Status(ctx); err != nil || running {

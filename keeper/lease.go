@@ -46,6 +46,10 @@ type tally struct {
 	// Other is a primary other than this node that a witness named at an epoch at least the
 	// one renewed (empty when none).
 	Other string
+	// TTL is the shortest cluster policy lease_ttl any witness reported (0: none did), and
+	// Voters the most witnesses any of them counts.
+	TTL    time.Duration
+	Voters int
 }
 
 // tallyRound counts the answers to a renewal of epoch sent by node.
@@ -66,6 +70,10 @@ func tallyRound(node string, epoch uint64, answers []answer) tally {
 		if r.GetPrimary() != "" && r.GetPrimary() != node && r.GetCurrentEpoch() >= epoch && t.Other == "" {
 			t.Other = r.GetPrimary()
 		}
+		if ttl := time.Duration(r.GetLeaseTtlMs()) * time.Millisecond; ttl > 0 && (t.TTL == 0 || ttl < t.TTL) {
+			t.TTL = ttl
+		}
+		t.Voters = max(t.Voters, int(r.GetVoters()))
 	}
 	return t
 }
@@ -256,6 +264,8 @@ func (k *Keeper) round(ctx context.Context, sent time.Time) (again bool) {
 	outcome := t.outcome(need)
 	k.metrics.rounds.WithLabelValues(outcome).Inc()
 
+	k.learnPolicy(t)
+
 	k.mu.Lock()
 	wasClean := k.lease.clean
 	k.lease.clean = t.Granted >= need && t.Other == ""
@@ -299,63 +309,35 @@ func (k *Keeper) persistEpoch(epoch uint64) {
 	}
 }
 
-// policyLoop reads the cluster's policy lease_ttl and the number of witnesses from any
-// witness at start and every policyEvery, so the keeper never holds a longer lease than the
+// learnPolicy takes the cluster policy's lease_ttl and the number of witnesses from a round's
+// answers (every renewal carries them), so the keeper never holds a longer lease than the
 // leader waits out, nor counts a majority of fewer witnesses than the leader revokes at.
-func (k *Keeper) policyLoop(ctx context.Context) {
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		k.refreshPolicy(ctx)
-		t.Reset(policyEvery)
+func (k *Keeper) learnPolicy(t tally) {
+	if t.TTL == 0 && t.Voters == 0 {
+		return // nobody answered (or an old witness): keep what was learned
 	}
-}
-
-// policyEvery is how often the keeper rereads the cluster policy.
-const policyEvery = 10 * time.Second
-
-func (k *Keeper) refreshPolicy(ctx context.Context) {
-	for i, c := range k.wit.clients {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := c.GetState(cctx, &regentv1.GetStateRequest{})
-		cancel()
-		if err != nil {
-			k.log.Debug("reading the cluster policy", "witness", k.wit.addrs[i], "err", err)
-			continue
-		}
-		var ttl time.Duration
-		for _, cl := range st.GetClusters() {
-			if cl.GetName() == k.cfg.Cluster {
-				ttl = time.Duration(cl.GetPolicy().GetLeaseTtlMs()) * time.Millisecond
-			}
-		}
-		members := 0
-		for _, m := range st.GetMembers() {
-			if m.GetRaftRole() != "none" { // in the Raft configuration, not gossip noise
-				members++
-			}
-		}
-		k.mu.Lock()
-		changed := ttl != k.policyTTL || members != k.members
-		k.policyTTL, k.members = ttl, members
-		eff := k.ttlLocked()
-		k.mu.Unlock()
-		if changed {
-			if ttl > 0 && ttl < k.cfg.LeaseTTL.Duration {
-				k.log.Warn("the cluster policy's lease_ttl is shorter than this keeper's: using it", "policy_lease_ttl", ttl, "lease_ttl", k.cfg.LeaseTTL.Duration)
-				if err := fencing.CheckLease(eff, k.cfg.LeaseDrift, k.cfg.FenceMargin.Duration); err != nil {
-					k.log.Error("the effective lease is too short for this keeper's fence margin; the lease will lapse between renewals — raise the policy's lease_ttl or lower fence_margin", "err", err)
-				}
-			}
-			if members > len(k.cfg.Witnesses) {
-				k.log.Error("the witness cluster has more members than this keeper's witnesses list; a lease now needs a majority of all of them — list every witness", "members", members, "configured", len(k.cfg.Witnesses))
-			}
-		}
+	k.mu.Lock()
+	ttl, members := k.policyTTL, k.members
+	if t.TTL > 0 {
+		ttl = t.TTL
+	}
+	if t.Voters > 0 {
+		members = t.Voters
+	}
+	changed := ttl != k.policyTTL || members != k.members
+	k.policyTTL, k.members = ttl, members
+	eff := k.ttlLocked()
+	k.mu.Unlock()
+	if !changed {
 		return
+	}
+	if ttl > 0 && ttl < k.cfg.LeaseTTL.Duration {
+		k.log.Warn("the cluster policy's lease_ttl is shorter than this keeper's: using it", "policy_lease_ttl", ttl, "lease_ttl", k.cfg.LeaseTTL.Duration)
+		if err := fencing.CheckLease(eff, k.cfg.LeaseDrift, k.cfg.FenceMargin.Duration); err != nil {
+			k.log.Error("the effective lease is too short for this keeper's fence margin; the lease will lapse between renewals — raise the policy's lease_ttl or lower fence_margin", "err", err)
+		}
+	}
+	if members > len(k.cfg.Witnesses) {
+		k.log.Error("the witness cluster has more members than this keeper's witnesses list; a lease now needs a majority of all of them — list every witness", "members", members, "configured", len(k.cfg.Witnesses))
 	}
 }

@@ -261,5 +261,7 @@ func (s *service) KeeperStatus(ctx context.Context, _ *regentv1.KeeperStatusRequ
 		LeaseEpoch:        st.LeaseEpoch,
 		Fenced:            st.Fenced,
 		Highest:           st.Highest.Proto(),
+		Restarting:        st.Restarting,
+		RestartElapsedMs:  st.RestartElapsed.Milliseconds(),
 	}, nil
 }

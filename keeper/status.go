@@ -49,6 +49,10 @@ type Status struct {
 	// LastRejoinToken its token. KeeperStatus has no field for them yet.
 	LastRejoin      string
 	LastRejoinToken Token
+	// Restarting: the keeper is restarting its crashed server in place, as the designated
+	// primary, for RestartElapsed so far (restart.go says exactly when this is reported).
+	Restarting     bool
+	RestartElapsed time.Duration
 	// ObservedAt is when the server was queried; ObserveError why the query failed.
 	ObservedAt   time.Time
 	ObserveError string
@@ -116,6 +120,18 @@ func (k *Keeper) Status(ctx context.Context, full bool) Status {
 		s.FinalLSN = o.LSN()
 	}
 	s.Fenced = st.Fence != FenceNone || st.Stopped || (o.OK && !o.InRecovery && o.ReadOnly)
+	k.mu.Lock()
+	if full && !s.PostmasterRunning && s.Designated && !st.Stopped {
+		// Asked before the control loop's next look: the restart begins now (the loop is
+		// poked to carry it out), so the asker never hears "not restarting" about a crash
+		// the keeper is about to repair.
+		k.restart.begin(now)
+		defer k.poke()
+	}
+	if r, d := k.restart.report(now); r && s.Designated && !st.Stopped {
+		s.Restarting, s.RestartElapsed = true, d
+	}
+	k.mu.Unlock()
 	if full && !o.OK {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cd, err := k.pg.ControlData(cctx)

@@ -289,6 +289,16 @@ func TestTallyRound(t *testing.T) {
 			t.Errorf("%s: outcome %s, want %s", tc.name, o, tc.outcome)
 		}
 	}
+	// Every renewal carries the policy's lease_ttl and the witnesses' count: the shortest ttl
+	// and the largest count win.
+	withPolicy := func(a answer, ttlMs int64, voters uint32) answer {
+		a.resp.LeaseTtlMs, a.resp.Voters = ttlMs, voters
+		return a
+	}
+	got := tallyRound("a", 1, []answer{withPolicy(grant(1, "a"), 2000, 3), withPolicy(grant(1, "a"), 1500, 5), down, withPolicy(refuse(1, "a"), 0, 0)})
+	if got.TTL != 1500*time.Millisecond || got.Voters != 5 {
+		t.Errorf("policy from the answers: ttl %v, voters %d; want 1.5s and 5", got.TTL, got.Voters)
+	}
 	for n, want := range map[int]int{1: 1, 2: 2, 3: 2, 4: 3, 5: 3} {
 		if got := majority(n); got != want {
 			t.Errorf("majority(%d) = %d, want %d", n, got, want)
