@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/agent"
 	"github.com/regentdb/regent/config"
@@ -219,6 +221,27 @@ func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() b
 	tb.Helper()
 	if !poll.Until(timeout, 20*time.Millisecond, cond) {
 		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// Retry calls f until it succeeds, retrying while the witnesses answer Unavailable (an
+// election) every 50ms, as a client is expected to; any other error, or ctx ending, fails
+// the test.
+func Retry(tb testing.TB, ctx context.Context, what string, f func() error) {
+	tb.Helper()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			tb.Fatalf("%s: %v", what, err)
+		}
+		// Pace the retries of an election that takes a while.
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 
