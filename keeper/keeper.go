@@ -55,6 +55,8 @@ type Keeper struct {
 
 	// actMu serialises every action on PostgreSQL (fence, unfence, start, stop, promote).
 	actMu sync.Mutex
+	// rejoin: whether a REJOIN runs, and the last failed attempt (rejoin.go).
+	rejoin rejoinProgress
 	// wake asks the control loop to reconcile now (a lease change).
 	wake chan struct{}
 

@@ -1,7 +1,9 @@
 package keeper
 
 import (
+	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -10,23 +12,26 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/internal/witnesstest"
+	"github.com/regentdb/regent/pgconnect"
 	"github.com/regentdb/regent/pgops"
 	"github.com/regentdb/regent/pgtest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+	"github.com/regentdb/regent/rejoin"
 )
 
 // lostRows is how many rows (one transaction each) the old primary commits after its
 // standby stopped: the failover loses exactly these.
 const lostRows = 25
 
-// REJOIN after a failover: the old primary's keeper measures the loss exactly, rewinds its
-// server onto the new primary's timeline and starts it as a standby streaming from it; an
-// equal token repeats the answer without redoing the work, an older one is refused.
-func TestRejoinAfterFailover(t *testing.T) {
+// rejoinScene is a failover the old primary's keeper must repair: lostRows rows committed on
+// the primary (pg-us) after its standby pg-eu stopped, the epoch revoked (the keeper fences),
+// the primary killed with SIGKILL, pg-eu promoted. It returns the rig, the old primary's
+// keeper, both servers and the lost rows' ids.
+func rejoinScene(t *testing.T, ctx context.Context) (r *rig, k *Keeper, old, nu *pgtest.Server, ids []int64) {
+	t.Helper()
 	// No autovacuum: the only transactions committed after the standby stops are the test's.
-	r := startRigWith(t, testTTL, map[string]string{"autovacuum": "off"})
-	ctx := witnesstest.Context(t, 4*time.Minute)
-	old, nu := r.primary, r.eu
+	r = startRigWith(t, testTTL, map[string]string{"autovacuum": "off"})
+	old, nu = r.primary, r.eu
 	if err := old.Exec(ctx, `CREATE TABLE `+pgtest.LoadTable+` (id bigserial PRIMARY KEY, payload text)`); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +51,7 @@ func TestRejoinAfterFailover(t *testing.T) {
 	if err := nu.WaitCaughtUp(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	k := startKeeper(t, r.config(t, "pg-us"))
+	k = startKeeper(t, r.config(t, "pg-us"))
 	waitLease(t, k)
 	if err := nu.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -55,7 +60,6 @@ func TestRejoinAfterFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []int64
 	for range lostRows {
 		var id int64
 		if err := c.QueryRow(ctx, `INSERT INTO `+pgtest.LoadTable+` (payload) VALUES (repeat('x', 300)) RETURNING id`).Scan(&id); err != nil {
@@ -86,12 +90,25 @@ func TestRejoinAfterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	return r, k, old, nu, ids
+}
+
+// rejoinRequest is a REJOIN of pg-us onto upstream with token (term, event).
+func rejoinRequest(term, event uint64, upstream *pgtest.Server) *regentv1.InstructRequest {
+	return &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: term, EventId: event},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_REJOIN, Cluster: "orders", Node: "pg-us",
+		UpstreamHost: upstream.Host, UpstreamPort: uint32(upstream.Port)}
+}
+
+// REJOIN after a failover: the old primary's keeper measures the loss exactly, rewinds its
+// server onto the new primary's timeline and starts it as a standby streaming from it; an
+// equal token repeats the answer without redoing the work, an older one is refused.
+func TestRejoinAfterFailover(t *testing.T) {
+	ctx := witnesstest.Context(t, 4*time.Minute)
+	_, k, old, nu, ids := rejoinScene(t, ctx)
+
 	kc := keeperClient(t, k)
-	rejoinReq := func(term, event uint64) *regentv1.InstructRequest {
-		return &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: term, EventId: event},
-			Action: regentv1.KeeperAction_KEEPER_ACTION_REJOIN, Cluster: "orders", Node: "pg-us",
-			UpstreamHost: nu.Host, UpstreamPort: uint32(nu.Port)}
-	}
+	rejoinReq := func(term, event uint64) *regentv1.InstructRequest { return rejoinRequest(term, event, nu) }
 	noUpstream := rejoinReq(2, 1)
 	noUpstream.UpstreamHost = ""
 	if _, err := kc.Instruct(ctx, noUpstream); status.Code(err) != codes.InvalidArgument {
@@ -110,8 +127,17 @@ func TestRejoinAfterFailover(t *testing.T) {
 		res.Timeline != 1 || res.NewTimeline != 2 || res.Slot != "pg_us_slot" {
 		t.Errorf("REJOIN result %+v: want %d lost transactions, some bytes, a rewind from timeline 1 onto 2 via pg_us_slot", res, lostRows)
 	}
+	if rep := resp.GetRejoin(); !rep.GetOk() || rep.GetMethod() != "rewind" || rep.GetDataLossBytes() != res.DataLossBytes ||
+		rep.GetLostTransactions() != lostRows || rep.GetFinalLsn() == 0 || rep.GetForkLsn() == 0 ||
+		rep.GetFinalLsn()-rep.GetForkLsn() != uint64(res.DataLossBytes) || rep.GetToken().GetTerm() != 2 || rep.GetFinishedAt() == nil {
+		t.Errorf("REJOIN report %v does not match its detail %+v", rep, res)
+	}
 	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
 		t.Fatal(err)
+	}
+	if ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{}); err != nil || ks.GetRejoining() ||
+		ks.GetLastRejoin().GetLostTransactions() != lostRows || !ks.GetLastRejoin().GetOk() {
+		t.Errorf("KeeperStatus after the rejoin: %v %v", ks, err)
 	}
 	if tl, err := old.Timeline(ctx); err != nil || tl != 2 {
 		t.Errorf("the rejoined node receives timeline %d (%v), want 2", tl, err)
@@ -149,5 +175,63 @@ func TestRejoinAfterFailover(t *testing.T) {
 	})
 	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
 		t.Errorf("a lease period after the rejoin: %v", err)
+	}
+}
+
+// A rejoin interrupted after its rewind (the keeper killed with the data directory already on
+// the new timeline, nothing saved) resumes: a restarted keeper does not start the rewound
+// server, and the next REJOIN does not measure the rewound WAL — it reports the loss as unknown
+// (-1) and says why — and finishes configuring and starting the standby.
+func TestRejoinResumesAfterAnInterruptedRewind(t *testing.T) {
+	ctx := witnesstest.Context(t, 4*time.Minute)
+	r, k, old, nu, _ := rejoinScene(t, ctx)
+	// What an interrupted REJOIN leaves: the server stopped and marked so, the rewind done,
+	// no result, the keeper gone.
+	kc := keeperClient(t, k)
+	if resp, err := kc.Instruct(ctx, &regentv1.InstructRequest{Token: &regentv1.FencingToken{Term: 2, EventId: 1},
+		Action: regentv1.KeeperAction_KEEPER_ACTION_STOP, Cluster: "orders", Node: "pg-us"}); err != nil || !resp.GetDone() {
+		t.Fatalf("STOP: %v %v", resp, err)
+	}
+	cfg := k.cfg
+	if err := k.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	l := rejoin.Local{BinDir: r.bench.BinDir(), DataDir: old.DataDir}
+	if os.Geteuid() == 0 {
+		l.RunAs = cfg.RunAs
+	}
+	up := pgconnect.Target{Host: nu.Host, Port: uint16(nu.Port), User: pgtest.BootstrapUser, Database: "postgres", SSLMode: "disable"}
+	if _, err := rejoin.Rewind(ctx, l, up, rejoin.RewindOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	k = startKeeper(t, cfg)
+	// The restarted keeper leaves the rewound server stopped for the REJOIN.
+	throughout(t, 2*testTTL, 200*time.Millisecond, func() string {
+		if k.checkRunning(ctx) {
+			return "the restarted keeper started the rewound server before the REJOIN"
+		}
+		return ""
+	})
+	resp, err := keeperClient(t, k).Instruct(ctx, rejoinRequest(2, 1, nu))
+	if err != nil || !resp.GetDone() {
+		t.Fatalf("REJOIN after an interrupted rewind: %v %v", resp, err)
+	}
+	t.Logf("REJOIN: %s", resp.GetDetail())
+	var res RejoinResult
+	if err := json.Unmarshal([]byte(resp.GetDetail()), &res); err != nil {
+		t.Fatal(err)
+	}
+	if !res.Resumed || res.DataLossBytes != -1 || res.LostTransactions != -1 || res.Method != "rewind" ||
+		!strings.Contains(res.Note, "unknown") {
+		t.Errorf("resumed REJOIN result %+v: want resumed, a rewind, the loss unknown (-1) and a note saying so", res)
+	}
+	if rep := resp.GetRejoin(); !rep.GetOk() || rep.GetDataLossBytes() != -1 || rep.GetLostTransactions() != -1 || !strings.Contains(rep.GetError(), "unknown") {
+		t.Errorf("resumed REJOIN report %v", rep)
+	}
+	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := old.IsInRecovery(ctx); err != nil || !rec {
+		t.Errorf("the resumed node in recovery: %v %v", rec, err)
 	}
 }

@@ -74,8 +74,10 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		detail string
 		err    error
 	)
+	var rep *regentv1.RejoinReport
 	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
 		done, detail, err = k.doRejoin(actx, tok, req.GetUpstreamHost(), uint16(req.GetUpstreamPort()))
+		rep = k.rejoinReport(tok, done && err == nil, detail, err)
 	} else {
 		done, detail, err = k.do(actx, act)
 	}
@@ -85,7 +87,7 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		done = false
 	}
 	k.poke()
-	resp := &regentv1.InstructResponse{Done: done, Detail: detail, Highest: k.state.Get().Highest.Proto()}
+	resp := &regentv1.InstructResponse{Done: done, Detail: detail, Highest: k.state.Get().Highest.Proto(), Rejoin: rep}
 	if act == regentv1.KeeperAction_KEEPER_ACTION_STOP && done {
 		// The stop is marked durably and no postmaster runs: a fence the leader need not
 		// wait out. The control file's final position is the end of the stopped WAL.
@@ -212,7 +214,7 @@ func (k *Keeper) doPromote(ctx context.Context) (bool, string, error) {
 		}
 		k.checkRunning(ctx)
 	}
-	if err := k.state.Update(func(s *State) { s.Fence, s.FenceEpoch, s.Stopped = FenceNone, 0, false }); err != nil {
+	if err := k.state.Update(func(s *State) { s.Fence, s.FenceEpoch, s.Stopped, s.RejoinPartial = FenceNone, 0, false, "" }); err != nil {
 		return false, "", err
 	}
 	res, err := pgops.Promote(ctx, k.target())
@@ -261,6 +263,8 @@ func (s *service) KeeperStatus(ctx context.Context, _ *regentv1.KeeperStatusRequ
 		LeaseEpoch:        st.LeaseEpoch,
 		Fenced:            st.Fenced,
 		Highest:           st.Highest.Proto(),
+		Rejoining:         st.Rejoining,
+		LastRejoin:        s.k.lastRejoinReport(),
 		Restarting:        st.Restarting,
 		RestartElapsedMs:  st.RestartElapsed.Milliseconds(),
 	}, nil

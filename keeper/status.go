@@ -46,9 +46,11 @@ type Status struct {
 	// Highest is the newest fencing token obeyed.
 	Highest Token
 	// LastRejoin is the last completed REJOIN's result (RejoinResult as JSON; empty: none) and
-	// LastRejoinToken its token. KeeperStatus has no field for them yet.
+	// LastRejoinToken its token; KeeperStatus reports it as a RejoinReport, or the last failed
+	// attempt when that is newer. Rejoining: a REJOIN runs now.
 	LastRejoin      string
 	LastRejoinToken Token
+	Rejoining       bool
 	// Restarting: the keeper is restarting its crashed server in place, as the designated
 	// primary, for RestartElapsed so far (restart.go says exactly when this is reported).
 	Restarting     bool
@@ -110,6 +112,7 @@ func (k *Keeper) Status(ctx context.Context, full bool) Status {
 		Highest:         st.Highest,
 		LastRejoin:      st.Rejoin,
 		LastRejoinToken: st.RejoinToken,
+		Rejoining:       k.rejoin.running.Load(),
 		ObservedAt:      o.At,
 	}
 	k.mu.Unlock()

@@ -79,6 +79,10 @@ type State struct {
 	// token it ran under: an equal token repeated answers it without redoing the rewind.
 	Rejoin      string `json:"rejoin,omitempty"`
 	RejoinToken Token  `json:"rejoin_token,omitzero"`
+	// RejoinPartial is an unfinished REJOIN's figures (RejoinResult as JSON), saved after
+	// measuring and again after the rewind, so that a rejoin interrupted after its rewind still
+	// reports the loss measured before it. Cleared when a rejoin completes or on PROMOTE.
+	RejoinPartial string `json:"rejoin_partial,omitempty"`
 }
 
 // stateFile is the name of the keeper's state file in state_dir.
