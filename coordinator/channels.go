@@ -141,7 +141,16 @@ func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, wrong map[s
 				}
 			}
 		}
-		if !haveApply && old != nil {
+		if !haveApply && lastSeen.IsZero() && unmeasured(old) {
+			// No standby of the region has been reached yet (a new cluster, a new region, a
+			// leader that has not heard from it): what it has applied is unknown, not zero.
+			// The figures stay zero and the status follows reachability alone, so that a
+			// healthy fleet starting up raises no lag alert and no "recovered" after it.
+			ch.Status = channelStatus(old, standbys, 0, pol, now)
+			out = append(out, ch)
+			continue
+		}
+		if !haveApply {
 			applyLSN = old.GetApplyLsn()
 		}
 		ch.ApplyLsn = applyLSN
@@ -187,6 +196,12 @@ func clusterChannels(c *regentv1.Cluster, nodes map[string]*nodeObs, wrong map[s
 		out = append(out, ch)
 	}
 	return out, true
+}
+
+// unmeasured reports whether a committed channel (nil: none) holds no measurement: it has no
+// apply LSN and its region was never seen.
+func unmeasured(old *regentv1.ReplicationChannel) bool {
+	return old == nil || (old.GetApplyLsn() == 0 && old.GetLastSeenAt() == nil)
 }
 
 // channelStatus applies the seed's rules:

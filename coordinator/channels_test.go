@@ -98,6 +98,17 @@ func TestChannelFigures(t *testing.T) {
 			want:      ch(2500, 5000, 2500, 1, 1, at(-3000), failed),
 		},
 		{
+			name:    "no standby of the region reached yet: lag unknown (zero), not the whole WAL",
+			reports: []report{obsAt("w1", withHB(P(0, 0), at(0)), withHB(P(1000, 5e9), at(1000)))},
+			want:    ch(0, 5e9, 0, 0, 0, time.Time{}, active),
+		},
+		{
+			name:      "still never reached after a commit: lag unknown, failed by reachability",
+			committed: ch(0, 4e9, 0, 0, 0, time.Time{}, active),
+			reports:   []report{obsAt("w1", P(0, 0), P(1000, 5e9), D("n2", 1000), D("n3", 1000))},
+			want:      ch(0, 5e9, 0, 0, 0, time.Time{}, failed),
+		},
+		{
 			name:      "primary unreachable: committed primary_lsn stays",
 			committed: ch(5000, 8000, 3000, 0, 0, at(-3000), active),
 			reports:   []report{obsAt("w1", D("n1", 1000), S("n2", 1000, 6000))},

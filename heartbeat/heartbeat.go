@@ -66,41 +66,64 @@ func (t Target) key() string {
 	return t.Cluster + "\x00" + t.Node + "\x00" + net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port))) + "\x00" + t.User + "\x00" + t.Database + "\x00" + t.SSLMode
 }
 
-// Writer keeps one connection per primary and writes heartbeats on it. Safe for concurrent use.
+// Writer keeps one connection per primary and writes heartbeats on it. Safe for concurrent use:
+// beats on different primaries run in parallel (a slow primary delays only its own), beats on
+// one primary one at a time.
 type Writer struct {
 	timeout time.Duration
 	mu      sync.Mutex
-	conns   map[string]*pgx.Conn
-	schema  map[string]bool
+	targets map[string]*beatSlot
+}
+
+// beatSlot is one primary's connection; sem (capacity 1) is held by whoever uses it.
+type beatSlot struct {
+	sem    chan struct{}
+	conn   *pgx.Conn
+	schema bool // the schema is known to exist on conn's server
+	gone   bool // forgotten: a beat that still holds this slot must not connect
 }
 
 // NewWriter returns a Writer whose every Beat is bounded by timeout (connect included).
 func NewWriter(timeout time.Duration) *Writer {
-	return &Writer{timeout: timeout, conns: map[string]*pgx.Conn{}, schema: map[string]bool{}}
+	return &Writer{timeout: timeout, targets: map[string]*beatSlot{}}
 }
 
 // Beat writes the cluster's heartbeat row on the primary, creating the schema first when this
-// connection has not yet. It returns the heartbeat time the primary recorded.
+// connection has not yet. It returns the heartbeat time the primary recorded. The timeout
+// covers waiting for a previous beat on the same primary.
 func (w *Writer) Beat(ctx context.Context, t Target) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.timeout)
 	defer cancel()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	k := t.key()
-	conn, err := w.conn(ctx, k, t)
+	sl := w.targets[t.key()]
+	if sl == nil {
+		sl = &beatSlot{sem: make(chan struct{}, 1)}
+		w.targets[t.key()] = sl
+	}
+	w.mu.Unlock()
+	select {
+	case sl.sem <- struct{}{}:
+	case <-ctx.Done():
+		return time.Time{}, fmt.Errorf("write heartbeat on %s: the previous one is still running: %w", t, ctx.Err())
+	}
+	defer func() { <-sl.sem }()
+	if sl.gone {
+		return time.Time{}, fmt.Errorf("write heartbeat on %s: the target was forgotten meanwhile (its primary moved or its cluster was deleted)", t)
+	}
+	conn, err := sl.connect(ctx, t)
 	if err != nil {
 		return time.Time{}, err
 	}
-	if !w.schema[k] {
+	if !sl.schema {
 		if _, err := conn.Exec(ctx, Schema); err != nil && !duplicate(err) {
-			w.drop(k)
+			sl.drop()
 			return time.Time{}, fmt.Errorf("create regent.heartbeat on %s (the probe user needs CREATE on the database): %w", t, err)
 		}
-		w.schema[k] = true
+		sl.schema = true
 	}
 	var ts time.Time
 	if err := conn.QueryRow(ctx, upsert, t.Cluster, t.Node, t.Region).Scan(&ts); err != nil {
-		w.drop(k)
+		sl.drop()
 		return time.Time{}, fmt.Errorf("write heartbeat on %s: %w", t, err)
 	}
 	return ts, nil
@@ -112,9 +135,10 @@ func duplicate(err error) bool {
 	return errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P06" || pe.Code == "42P07")
 }
 
-func (w *Writer) conn(ctx context.Context, k string, t Target) (*pgx.Conn, error) {
-	if c, ok := w.conns[k]; ok && !c.IsClosed() {
-		return c, nil
+// connect returns the slot's connection, opening it when there is none (sem held).
+func (sl *beatSlot) connect(ctx context.Context, t Target) (*pgx.Conn, error) {
+	if sl.conn != nil && !sl.conn.IsClosed() {
+		return sl.conn, nil
 	}
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
@@ -135,34 +159,42 @@ func (w *Writer) conn(ctx context.Context, k string, t Target) (*pgx.Conn, error
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s for the heartbeat: %w", t, err)
 	}
-	w.conns[k] = c
-	delete(w.schema, k)
+	sl.conn, sl.schema = c, false
 	return c, nil
 }
 
-func (w *Writer) drop(k string) {
-	if c, ok := w.conns[k]; ok {
+// drop closes the slot's connection (sem held).
+func (sl *beatSlot) drop() {
+	if sl.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		c.Close(ctx)
+		sl.conn.Close(ctx)
 		cancel()
-		delete(w.conns, k)
+		sl.conn = nil
 	}
-	delete(w.schema, k)
+	sl.schema = false
 }
 
 // Forget closes the connections of targets not in keep (a cluster was deleted or its primary
-// moved).
+// moved), after any beat in progress on them.
 func (w *Writer) Forget(keep []Target) {
 	want := map[string]bool{}
 	for _, t := range keep {
 		want[t.key()] = true
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for k := range w.conns {
+	var gone []*beatSlot
+	for k, sl := range w.targets {
 		if !want[k] {
-			w.drop(k)
+			gone = append(gone, sl)
+			delete(w.targets, k)
 		}
+	}
+	w.mu.Unlock()
+	for _, sl := range gone {
+		sl.sem <- struct{}{}
+		sl.gone = true
+		sl.drop()
+		<-sl.sem
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regentdb/regent/heartbeat"
 	"github.com/regentdb/regent/pgtest"
 	"github.com/regentdb/regent/probe"
 )
@@ -231,6 +232,69 @@ func TestLive(t *testing.T) {
 			return r.Reachable && !r.ReplayPaused && r.ReplayLSN >= final.CurrentLSN, r.Err
 		}); err != nil {
 			t.Fatalf("standby does not catch up after resuming: %v", err)
+		}
+	})
+
+	t.Run("a timed-out probe keeps its connection", func(t *testing.T) {
+		// The probe reads regent.heartbeat; a lock on it makes the probe
+		// query hang on a live server, as an overloaded server would.
+		if err := p.Exec(ctx, heartbeat.Schema); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := p.Exec(ctx, "DROP SCHEMA regent CASCADE"); err != nil {
+				t.Error(err)
+			}
+		}()
+		const app = "regent-probe-keep"
+		pr := probe.NewProber(probe.Options{Timeout: 300 * time.Millisecond, ApplicationName: app})
+		defer pr.Close()
+		tg := target(b, p)
+		mustReach(t, pr.Probe(ctx, tg))
+		pids := func() []int32 {
+			t.Helper()
+			rows, err := p.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []int32
+			for _, r := range rows {
+				out = append(out, r[0].(int32))
+			}
+			return out
+		}
+		before := pids()
+		if len(before) != 1 {
+			t.Fatalf("probe backends before the lock: %v, want one", before)
+		}
+		conn, err := p.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "LOCK TABLE regent.heartbeat IN ACCESS EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			r := pr.Probe(ctx, tg)
+			if r.Reachable || r.ErrorClass != probe.ClassTimeout {
+				t.Fatalf("probe %d under the lock: reachable %v class %q err %v; want a timeout", i, r.Reachable, r.ErrorClass, r.Err)
+			}
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := pgtest.WaitFor(ctx, func(ctx context.Context) (bool, error) {
+			return pr.Probe(ctx, tg).Reachable, nil
+		}); err != nil {
+			t.Fatalf("no answer after the lock was released: %v", err)
+		}
+		if after := pids(); len(after) != 1 || after[0] != before[0] {
+			t.Errorf("probe backends after three timeouts: %v, want the same one as before (%v): timeouts must not reconnect", after, before)
 		}
 	})
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 )
@@ -159,6 +160,21 @@ func (l *Loop) run(ctx context.Context, r *runner) {
 			l.prober.Forget(key)
 		}
 	}()
+	// The first probe runs at once; the ticks after it start at a random
+	// offset within one interval, so that many targets added together do
+	// not probe (and load their servers) in lockstep.
+	res := l.prober.Probe(ctx, r.get())
+	if ctx.Err() != nil {
+		return
+	}
+	l.deliver(res)
+	offset := time.NewTimer(rand.N(l.interval))
+	select {
+	case <-ctx.Done():
+		offset.Stop()
+		return
+	case <-offset.C:
+	}
 	tick := time.NewTicker(l.interval)
 	defer tick.Stop()
 	for {

@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 )
 
 // DefaultTimeout is the probe timeout when Options.Timeout is 0.
@@ -30,6 +33,11 @@ type Options struct {
 	// Timeout bounds each probe, connecting included; default
 	// DefaultTimeout.
 	Timeout time.Duration
+	// ConnectTimeout bounds a connection attempt, which may outlive the
+	// probe that started it, and how long a timed-out query may wait for
+	// the server to honour its cancel request before the connection is
+	// closed; default the larger of DefaultConnectTimeout and Timeout.
+	ConnectTimeout time.Duration
 	// ApplicationName is sent to the server; default
 	// DefaultApplicationName.
 	ApplicationName string
@@ -41,10 +49,19 @@ type Options struct {
 // Target.Key) and reconnects when it breaks or the target's connection
 // parameters change. Probe is safe for concurrent use; probes of different
 // targets run in parallel, probes of one target one at a time.
+//
+// A probe returns within its timeout, but the work it started may outlive
+// it, so that a slow server slows regent's probing down instead of turning
+// it into a storm of new connections: a query that times out is cancelled
+// with a cancel request (the kept connection survives unless the server
+// also ignores the cancel for ConnectTimeout), and a connection attempt
+// runs for up to ConnectTimeout in the background, the next probe using the
+// connection it made. Failed connection attempts back off (with jitter).
 type Prober struct {
-	timeout time.Duration
-	appName string
-	log     *slog.Logger
+	timeout        time.Duration
+	connectTimeout time.Duration
+	appName        string
+	log            *slog.Logger
 
 	mu     sync.Mutex
 	slots  map[string]*slot
@@ -52,25 +69,49 @@ type Prober struct {
 }
 
 // slot holds the kept connection of one target. sem (capacity 1) is held
-// by whoever uses conn.
+// by whoever uses conn: a probe, or the background work a probe left behind.
 type slot struct {
 	sem    chan struct{}
 	conn   *pgx.Conn
 	params string // fingerprint of the parameters conn was opened with
 	major  int    // server major version of conn
 	gone   bool   // removed from the Prober: do not keep a connection
+	// ctx ends when the slot is forgotten; it bounds background connecting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Connection attempts that failed in a row, when the next may start,
+	// and why the last failed (reported until then).
+	failures    int
+	nextConnect time.Time
+	connectErr  error
 }
+
+// Connection-attempt backoff: the first retry is immediate (the next
+// probe), then the wait doubles from backoffBase up to backoffMax, ±20%.
+const (
+	backoffBase = 100 * time.Millisecond
+	backoffMax  = time.Second
+)
+
+// DefaultConnectTimeout bounds a connection attempt (and a cancelled query's
+// wait for the server) when Options.ConnectTimeout is 0.
+const DefaultConnectTimeout = 5 * time.Second
 
 // NewProber returns a Prober. Close it to close its connections.
 func NewProber(opts Options) *Prober {
 	p := &Prober{
-		timeout: opts.Timeout,
-		appName: opts.ApplicationName,
-		log:     opts.Logger,
-		slots:   make(map[string]*slot),
+		timeout:        opts.Timeout,
+		connectTimeout: opts.ConnectTimeout,
+		appName:        opts.ApplicationName,
+		log:            opts.Logger,
+		slots:          make(map[string]*slot),
 	}
 	if p.timeout <= 0 {
 		p.timeout = DefaultTimeout
+	}
+	if p.connectTimeout <= 0 {
+		p.connectTimeout = max(DefaultConnectTimeout, p.timeout)
 	}
 	if p.appName == "" {
 		p.appName = DefaultApplicationName
@@ -147,58 +188,146 @@ func (p *Prober) probe(ctx context.Context, t Target, res *Result) error {
 		select {
 		case s.sem <- struct{}{}:
 		case <-ctx.Done():
-			return fmt.Errorf("probe: %s: waiting for the previous probe of this node: %w", t, ctx.Err())
+			return fmt.Errorf("probe: %s: the previous probe of this node is still waiting for the server: %w", t, ctx.Err())
 		}
 		if !s.gone {
 			break
 		}
 		<-s.sem // forgotten meanwhile: take the new slot
 	}
-	defer func() { <-s.sem }()
-
+	// The slot is held; the work below releases it when it ends, which may
+	// be after this probe has returned (see Prober).
 	fp := t.fingerprint()
 	if s.conn != nil && (s.params != fp || s.conn.IsClosed()) {
 		closeNow(s.conn)
 		s.conn = nil
 	}
-	reused := s.conn != nil
-	err := p.query(ctx, s, t, fp, res)
-	if err != nil && reused && ctx.Err() == nil {
-		p.log.Debug("probe: kept connection failed, reconnecting", "target", t, "err", err)
-		*res = Result{Target: res.Target, At: res.At}
-		err = p.query(ctx, s, t, fp, res)
+	if s.conn == nil && time.Now().Before(s.nextConnect) {
+		err := s.connectErr
+		<-s.sem
+		return fmt.Errorf("%w (%d failed connection attempts in a row; the next in %v)", err, s.failures,
+			time.Until(s.nextConnect).Round(time.Millisecond))
 	}
-	if err != nil {
-		return err
+	out := Result{Target: res.Target, At: res.At}
+	done := make(chan error, 1)
+	go func() {
+		defer func() { <-s.sem }()
+		done <- p.work(ctx, s, t, fp, &out)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("probe: %s did not answer within %v: %w", t, p.timeout, ctx.Err())
 	}
+	*res = out
 	if t.ExpectedSystemID != 0 && res.SystemIdentifier != t.ExpectedSystemID {
 		// Not the node we mean: do not keep talking to it.
-		closeNow(s.conn)
-		s.conn = nil
+		if p.acquire(ctx, s) {
+			closeNow(s.conn)
+			s.conn = nil
+			<-s.sem
+		}
 		return fmt.Errorf("%w: %s answered with system identifier %d, expected %d; is the address pointing at the wrong server?",
 			ErrWrongSystem, t, res.SystemIdentifier, t.ExpectedSystemID)
 	}
 	return nil
 }
 
-// query connects if needed and runs the probe query; on failure the
-// connection is closed.
-func (p *Prober) query(ctx context.Context, s *slot, t Target, fp string, res *Result) error {
-	if s.conn == nil {
-		cfg, err := pgx.ParseConfig(t.connString(p.appName))
-		if err != nil {
-			return fmt.Errorf("probe: %s: bad connection settings: %w", t, err)
-		}
-		// One round trip per probe, no prepared statements to cache.
-		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-		cfg.ConnectTimeout = p.timeout
-		c, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			return fmt.Errorf("probe: connecting to %s: %w", t, err)
-		}
-		s.conn, s.params, s.major = c, fp, serverMajor(c)
-		p.log.Debug("probe: connected", "target", t, "server_major", s.major)
+// acquire takes s's semaphore, giving up when ctx ends.
+func (p *Prober) acquire(ctx context.Context, s *slot) bool {
+	select {
+	case s.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
 	}
+}
+
+// work runs with s's semaphore held: it connects when needed (for up to
+// connectTimeout, whatever ctx says) and then queries under ctx, retrying
+// once on a fresh connection when a kept one fails.
+func (p *Prober) work(ctx context.Context, s *slot, t Target, fp string, res *Result) error {
+	reused := s.conn != nil
+	if err := p.connect(s, t, fp); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		// Connected after the probe gave up: the next probe uses it.
+		return err
+	}
+	err := p.query(ctx, s, t, res)
+	if err != nil && ctx.Err() == nil && ((reused && s.conn == nil) || lateCancel(err)) {
+		// A broken kept connection, or the cancel request of an earlier
+		// timed-out probe that reached the server late: try once more.
+		p.log.Debug("probe: kept connection failed, retrying", "target", t, "err", err)
+		*res = Result{Target: res.Target, At: res.At}
+		if err := p.connect(s, t, fp); err != nil {
+			return err
+		}
+		err = p.query(ctx, s, t, res)
+	}
+	return err
+}
+
+// lateCancel reports whether err is PostgreSQL's query_canceled (57014).
+func lateCancel(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "57014"
+}
+
+// connect opens s's connection if it has none, bounded by connectTimeout
+// and not by any probe's deadline, and records failures for the backoff.
+func (p *Prober) connect(s *slot, t Target, fp string) error {
+	if s.conn != nil {
+		return nil
+	}
+	cfg, err := pgx.ParseConfig(t.connString(p.appName))
+	if err != nil {
+		return fmt.Errorf("probe: %s: bad connection settings: %w", t, err)
+	}
+	// One round trip per probe, no prepared statements to cache.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	cfg.ConnectTimeout = p.connectTimeout
+	// A query whose probe timed out is cancelled with a cancel request, and
+	// the connection is only torn down if the server does not react within
+	// connectTimeout: a busy server keeps its probe connection.
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: p.connectTimeout}
+	}
+	cctx, cancel := context.WithTimeout(s.ctx, p.connectTimeout)
+	defer cancel()
+	c, err := pgx.ConnectConfig(cctx, cfg)
+	if err != nil {
+		err = fmt.Errorf("probe: connecting to %s: %w", t, err)
+		s.failures++
+		s.connectErr = err
+		s.nextConnect = time.Now().Add(backoff(s.failures))
+		return err
+	}
+	s.failures, s.connectErr, s.nextConnect = 0, nil, time.Time{}
+	s.conn, s.params, s.major = c, fp, serverMajor(c)
+	p.log.Debug("probe: connected", "target", t, "server_major", s.major)
+	return nil
+}
+
+// backoff is the wait before the next connection attempt after failures
+// failed ones in a row: none after the first, then doubling, with jitter.
+func backoff(failures int) time.Duration {
+	if failures <= 1 {
+		return 0
+	}
+	d := backoffBase << min(failures-2, 10)
+	d = min(d, backoffMax)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// query runs the probe query on s's connection. A failure that broke the
+// connection drops it; a query cancelled on time (the server answered the
+// cancel request) keeps it.
+func (p *Prober) query(ctx context.Context, s *slot, t Target, res *Result) error {
 	q := query14
 	if s.major != 0 && s.major < 14 {
 		q = query10
@@ -211,8 +340,9 @@ func (p *Prober) query(ctx context.Context, s *slot, t Target, fp string, res *R
 	err := s.conn.QueryRow(ctx, q, t.Cluster).Scan(&res.InRecovery, &cur, &rec, &rep, &sysid, &tli,
 		&res.WalReceiverStatus, &res.SenderHost, &sendPort, &res.ReplayPaused, &replayTS, &beatTS)
 	if err != nil {
-		closeNow(s.conn)
-		s.conn = nil
+		if s.conn.IsClosed() {
+			s.conn = nil
+		}
 		return fmt.Errorf("probe: querying %s: %w", t, err)
 	}
 	res.SystemIdentifier = uint64(sysid)
@@ -270,6 +400,7 @@ func (p *Prober) slot(key string) (*slot, error) {
 	s := p.slots[key]
 	if s == nil {
 		s = &slot{sem: make(chan struct{}, 1)}
+		s.ctx, s.cancel = context.WithCancel(context.Background())
 		p.slots[key] = s
 	}
 	return s, nil
@@ -277,13 +408,15 @@ func (p *Prober) slot(key string) (*slot, error) {
 
 // Forget closes the kept connection of the target with key (see
 // Target.Key) and forgets it; a later Probe of that target connects anew.
-// It waits for a probe of that target in progress to finish.
+// It stops a connection attempt in progress and waits for a query in
+// progress to end (at most ConnectTimeout after its probe's deadline).
 func (p *Prober) Forget(key string) {
 	p.mu.Lock()
 	s := p.slots[key]
 	delete(p.slots, key)
 	p.mu.Unlock()
 	if s != nil {
+		s.cancel()
 		s.sem <- struct{}{}
 		s.gone = true
 		closeNow(s.conn)
@@ -302,9 +435,11 @@ func (p *Prober) Close() error {
 		keys = append(keys, k)
 	}
 	p.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, k := range keys {
-		p.Forget(k)
+		wg.Go(func() { p.Forget(k) })
 	}
+	wg.Wait()
 	return nil
 }
 
