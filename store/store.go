@@ -126,7 +126,12 @@ func Open(cfg Config, f *fsm.FSM) (*Store, error) {
 		bolt.Close()
 		return nil, fmt.Errorf("resolve raft_addr %s: %w", cfg.RaftAddr, err)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, hl.Named("transport"))
+	// Pipelining off (MaxRPCsInFlight 1): on a LAN it buys nothing over batching, and its
+	// send/decode goroutine pair can wedge a follower's replication and a shutdown
+	// (hashicorp/raft#612).
+	trans, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, adv, &raft.NetworkTransportConfig{
+		MaxPool: 3, Timeout: 10 * time.Second, MaxRPCsInFlight: 1, Logger: hl.Named("transport"),
+	})
 	if err != nil {
 		bolt.Close()
 		return nil, fmt.Errorf("listen for raft on %s (is the port free?): %w", cfg.RaftAddr, err)
@@ -401,13 +406,31 @@ func (s *Store) Snapshot() error {
 	return nil
 }
 
+// shutdownGrace is how long Close lets Raft shut down before closing its transport under it.
+const shutdownGrace = 3 * time.Second
+
 // Close shuts Raft down and closes the log store. It does not leave the cluster.
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		s.raft.DeregisterObserver(s.observer)
-		if e := s.raft.Shutdown().Error(); e != nil {
+		// Raft's shutdown waits for its replication goroutines, and one blocked on a peer
+		// that does not answer waits for the transport's I/O timeout: after shutdownGrace,
+		// close the transport under it so that Close returns.
+		f := s.raft.Shutdown()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		var e error
+		select {
+		case e = <-done:
+		case <-time.After(shutdownGrace):
+			s.logger.Warn("raft shutdown is taking long; closing its transport to unblock it", "waited", shutdownGrace)
+			s.transport.Close()
+			s.transport.CloseStreams()
+			e = <-done
+		}
+		if e != nil {
 			err = fmt.Errorf("shut down raft: %w", e)
 		}
 		if e := s.transport.Close(); e != nil && err == nil {
