@@ -131,6 +131,7 @@ func Start(cfg config.Agent, logger *slog.Logger) (*Agent, error) {
 	a.api = api.New(cfg.NodeName, a.store, a.gossip, logger)
 	a.api.SetReportHandler(a.onReport)
 	a.api.SetFailoverHandler(a.onFailover)
+	a.api.SetSwitchoverHandler(a.onSwitchover)
 	a.api.SetLeaseHandlers(a.renewLease, a.revokeLease)
 	a.observer = newObserver(a)
 	a.world = world{a}

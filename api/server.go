@@ -46,6 +46,7 @@ type Server struct {
 	conns      map[string]*grpc.ClientConn // leader gRPC address → connection
 	onReport   func(witness string, obs []*regentv1.Observation) error
 	onFailover func(ctx context.Context, req *regentv1.FailoverRequest, actor string) (*regentv1.FailoverEvent, error)
+	onSwitch   func(ctx context.Context, req *regentv1.SwitchoverRequest, actor string) (*regentv1.FailoverEvent, error)
 	onRenew    func(*regentv1.RenewLeaseRequest) *regentv1.RenewLeaseResponse
 	onRevoke   func(*regentv1.RevokeLeaseRequest) (*regentv1.RevokeLeaseResponse, error)
 }
@@ -117,6 +118,38 @@ func (s *Server) Failover(ctx context.Context, req *regentv1.FailoverRequest) (*
 		return nil, toStatus(err)
 	}
 	return &regentv1.FailoverResponse{Event: ev}, nil
+}
+
+// SetSwitchoverHandler sets how the leader starts a switchover (see Switchover).
+func (s *Server) SetSwitchoverHandler(h func(ctx context.Context, req *regentv1.SwitchoverRequest, actor string) (*regentv1.FailoverEvent, error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onSwitch = h
+}
+
+// Switchover starts a planned, zero-loss change of primary on the leader (audited under the
+// caller's name); a follower forwards the request.
+func (s *Server) Switchover(ctx context.Context, req *regentv1.SwitchoverRequest) (*regentv1.SwitchoverResponse, error) {
+	if req.GetCluster() == "" {
+		return nil, invalid("cluster", "is required")
+	}
+	if req.GetTo() == "" {
+		return nil, invalid("to", "is required: name the standby to promote")
+	}
+	if resp, fwd, err := toLeader(s, ctx, req, regentv1.RegentClient.Switchover); fwd {
+		return resp, err
+	}
+	s.mu.Lock()
+	h := s.onSwitch
+	s.mu.Unlock()
+	if h == nil {
+		return nil, retryable(codes.Unavailable, "this leader does not take switchover requests yet; retry")
+	}
+	ev, err := h(ctx, req, actor(ctx))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &regentv1.SwitchoverResponse{Event: ev}, nil
 }
 
 // Pause stops automatic failover of a cluster.

@@ -1,5 +1,5 @@
 // Package cli implements the operator's client commands of the regent binary (status, members,
-// cluster, channels, events, watch, failover, pause, resume): it parses their flags, calls a
+// cluster, channels, events, watch, failover, switchover, pause, resume): it parses their flags, calls a
 // witness's gRPC API and prints the answer as a table for people or as protojson for scripts.
 //
 // Failover commands. `regent failover --cluster C` asks the leader to start a manual failover,
@@ -7,7 +7,11 @@
 // skips the lag gate (max_lag_on_failover, failover_lag_threshold) but never the fence. The
 // command returns once the failover is decided; the saga then runs on the leader, and
 // `regent events --cluster C --watch` follows it step by step. `regent pause` and `regent resume`
-// turn a cluster's automatic failover off and on.
+// turn a cluster's automatic failover off and on. `regent switchover --cluster C --to NODE`
+// starts a planned, zero-loss change of primary (both nodes need keepers); --timeout also
+// bounds how long it waits for the target to catch up (default: the policy's
+// switchover_timeout; past it the switchover aborts and the old primary takes writes again),
+// and --wait follows it to completed or aborted (exit 1) and prints the measured data loss.
 //
 // Output. `regent events` prints one block per failover event: the trigger, each committed
 // step with its time (the first as a clock time, the others as offsets from it), the fence
@@ -105,6 +109,9 @@ var commands = []command{
 	{Command{"failover", []string{"failover --cluster C [--to NODE] [--force] [--reason TEXT]"},
 		"start a manual failover, to NODE or else to the best candidate"},
 		(*runner).failover, nil},
+	{Command{"switchover", []string{"switchover --cluster C --to NODE [--timeout D] [--wait] [--reason TEXT]"},
+		"planned, zero-loss change of primary to a streaming standby; the old one follows it"},
+		(*runner).switchover, nil},
 	{Command{"pause", []string{"pause --cluster C [--reason TEXT]"},
 		"stop automatic failover of a cluster until resumed"},
 		(*runner).pause, nil},
@@ -431,6 +438,8 @@ func (r *runner) cmdFlags(fs *flag.FlagSet) {
 		fs.Bool("watch", false, watchEventsHelp)
 	case "failover":
 		failoverFlags(fs)
+	case "switchover":
+		switchoverFlags(fs)
 	case "pause", "resume":
 		pauseFlags(fs, r.cmd.Name == "pause")
 	case "watch":

@@ -199,6 +199,9 @@ func dataLossDetail(e *regentv1.FailoverEvent) string {
 		return "unknown"
 	}
 	if e.GetDataLossExact() {
+		if e.GetSwitchover() && e.GetFinalLsn() != 0 {
+			return dataLoss(e) + ", exact (the target replayed the old primary's final LSN " + formatLSN(e.GetFinalLsn()) + " before its promotion)"
+		}
 		return dataLoss(e) + ", exact (measured after the old primary rejoined)"
 	}
 	var basis []string

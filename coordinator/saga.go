@@ -56,6 +56,21 @@ type World interface {
 	RunHook(ctx context.Context, name, command string, env map[string]string, timeout time.Duration) (output string, err error)
 	// Alert raises an alert.
 	Alert(kind, severity, cluster, message string, fields map[string]any)
+
+	// The switchover's steps (switchover.go): every one is idempotent like those above.
+
+	// FenceForSwitchover has the old primary's keeper make it refuse writes (read-only, client
+	// sessions terminated) and returns the end of its WAL once it can no longer write. An old
+	// primary already demoted (a resumed saga) answers its WAL position as a standby.
+	FenceForSwitchover(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (walEnd uint64, note string, err error)
+	// ReplayedLSN is how far node has replayed WAL (pg_last_wal_replay_lsn()), read from it.
+	ReplayedLSN(ctx context.Context, c *regentv1.Cluster, node *regentv1.NodeSpec) (uint64, error)
+	// Demote has the old primary's keeper shut it down cleanly, measure the end of its WAL
+	// (finalLSN: where its history ends, exactly) and start it as a standby of upstream.
+	Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent, old, upstream *regentv1.NodeSpec) (finalLSN uint64, note string, err error)
+	// RestorePrimary undoes a switchover that stops before the promotion: the old primary
+	// takes writes again (unfenced, or promoted back if it was already demoted).
+	RestorePrimary(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (note string, err error)
 }
 
 // SagaOptions tune how long each step may keep retrying before the saga gives up on it.
@@ -74,6 +89,13 @@ type SagaOptions struct {
 	PublishDeadline time.Duration
 	// Backoff is the first wait between retries; it doubles up to 5s. Default 200ms.
 	Backoff time.Duration
+	// DemoteDeadline bounds retries of a switchover's demotion of the old primary (a clean
+	// shutdown, which may have a checkpoint to write); past it the switchover aborts and the
+	// old primary is restored. Default 60s.
+	DemoteDeadline time.Duration
+	// ReplayPoll is how often a switchover reads the target's replay position while waiting
+	// for it to catch up. Default 20ms.
+	ReplayPoll time.Duration
 }
 
 func (o SagaOptions) withDefaults() SagaOptions {
@@ -91,6 +113,12 @@ func (o SagaOptions) withDefaults() SagaOptions {
 	}
 	if o.Backoff == 0 {
 		o.Backoff = 200 * time.Millisecond
+	}
+	if o.DemoteDeadline == 0 {
+		o.DemoteDeadline = 60 * time.Second
+	}
+	if o.ReplayPoll == 0 {
+		o.ReplayPoll = 20 * time.Millisecond
 	}
 	return o
 }
@@ -148,7 +176,11 @@ func (s *Saga) Run(ctx context.Context, id uint64) error {
 		case regentv1.FailoverStep_FAILOVER_STEP_COMPLETED, regentv1.FailoverStep_FAILOVER_STEP_ABORTED:
 			return nil
 		case regentv1.FailoverStep_FAILOVER_STEP_DECIDED:
-			err = s.fence(ctx, c, ev)
+			if ev.GetSwitchover() {
+				err = s.switchover(ctx, c, ev)
+			} else {
+				err = s.fence(ctx, c, ev)
+			}
 		case regentv1.FailoverStep_FAILOVER_STEP_FENCED:
 			err = s.promote(ctx, c, ev)
 		case regentv1.FailoverStep_FAILOVER_STEP_PROMOTED:
@@ -370,12 +402,13 @@ func (s *Saga) promote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fa
 
 // repoint: promoted → repointed. Every other node that a witness currently reaches is pointed
 // at the new primary; one that cannot be is noted and left for later (the old primary is
-// handled by the rejoin flow, not here).
+// handled by the rejoin flow, not here — except after a switchover, where it already follows
+// the candidate as a standby and is confirmed streaming from it like the others).
 func (s *Saga) repoint(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) error {
 	to := node(c, ev.GetToNode())
 	var notes []string
 	for _, n := range c.GetNodes() {
-		if n.GetName() == ev.GetToNode() || n.GetName() == ev.GetFromNode() {
+		if n.GetName() == ev.GetToNode() || (n.GetName() == ev.GetFromNode() && !ev.GetSwitchover()) {
 			continue
 		}
 		if !reachable(c, n.GetName()) {
@@ -454,10 +487,22 @@ func (s *Saga) complete(ctx context.Context, c *regentv1.Cluster, ev *regentv1.F
 	}
 	loss := "unknown"
 	if done.DataLossBytes != nil {
-		loss = strconv.FormatInt(done.GetDataLossBytes(), 10) + " bytes (estimated)"
+		how := "estimated"
+		if done.GetDataLossExact() {
+			how = "measured"
+		}
+		loss = strconv.FormatInt(done.GetDataLossBytes(), 10) + " bytes (" + how + ")"
 	}
-	s.World.Alert("failover_completed", "critical", c.GetName(),
-		fmt.Sprintf("failover %d of %s completed: %s (%s) → %s (%s); data loss %s", done.GetId(), c.GetName(),
+	kind := "failover"
+	if done.GetSwitchover() {
+		kind = "switchover"
+	}
+	severity := "critical"
+	if done.GetSwitchover() {
+		severity = "warning" // planned
+	}
+	s.World.Alert(kind+"_completed", severity, c.GetName(),
+		fmt.Sprintf("%s %d of %s completed: %s (%s) → %s (%s); data loss %s", kind, done.GetId(), c.GetName(),
 			done.GetFromNode(), done.GetFromRegion(), done.GetToNode(), done.GetToRegion(), loss),
 		map[string]any{"event_id": done.GetId(), "fence_method": done.GetFenceMethod(), "published": done.GetPublished()})
 	pol := spec.WithDefaults(c.GetPolicy())

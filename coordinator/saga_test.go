@@ -71,6 +71,7 @@ type fakeWorld struct {
 	hookErr   error
 	alerts    []string
 	onPromote func() // runs inside Promote (e.g. to take leadership away)
+	sw        switchoverScript
 }
 
 func (w *fakeWorld) record(s string) {

@@ -227,8 +227,8 @@ func TestInstructTokens(t *testing.T) {
 		t.Errorf("under the FENCE instruction: %+v", st)
 	}
 	_, err = instruct(kc, 1, 6, regentv1.KeeperAction_KEEPER_ACTION_DEMOTE)
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "switchover") {
-		t.Errorf("DEMOTE: %v", err)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "upstream") {
+		t.Errorf("DEMOTE without an upstream: %v, want InvalidArgument before any token bookkeeping", err)
 	}
 	if _, err := kc.Instruct(ctx, &regentv1.InstructRequest{Action: fence, Cluster: "orders", Node: "pg-us"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("no token: %v", err)

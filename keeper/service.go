@@ -43,7 +43,7 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		regentv1.KeeperAction_KEEPER_ACTION_STOP, regentv1.KeeperAction_KEEPER_ACTION_PROMOTE,
 		regentv1.KeeperAction_KEEPER_ACTION_RESTART, regentv1.KeeperAction_KEEPER_ACTION_REJOIN:
 	case regentv1.KeeperAction_KEEPER_ACTION_DEMOTE:
-		return nil, status.Error(codes.Unimplemented, "demote lands with the switchover work")
+		return s.instructDemote(ctx, req)
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "action %v is not one this keeper knows: use FENCE, UNFENCE, STOP, PROMOTE, RESTART or REJOIN", act)
 	}
