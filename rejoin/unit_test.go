@@ -506,8 +506,11 @@ func TestPlausibleSegment(t *testing.T) {
 	if plausibleSegment(write(2, 1<<24), seg, 16<<20) {
 		t.Error("a recycled segment (old page address) is plausible")
 	}
-	if plausibleSegment(write(1, 5<<24), seg, 16<<20) {
-		t.Error("a segment of another timeline is plausible")
+	if !plausibleSegment(write(1, 5<<24), seg, 16<<20) {
+		t.Error("the segment where timeline 2 began (copied from timeline 1, so its first page says 1) is not plausible")
+	}
+	if plausibleSegment(write(3, 5<<24), seg, 16<<20) {
+		t.Error("a segment whose header names a later timeline is plausible")
 	}
 	if err := os.WriteFile(filepath.Join(dir, seg.name), []byte{1, 2}, 0o600); err != nil {
 		t.Fatal(err)

@@ -288,9 +288,12 @@ func listSegments(dir string, segSize uint64) ([]segFile, error) {
 }
 
 // plausibleSegment reads the first page header of a segment file and reports whether it was
-// written for that timeline and position. Recycled segment files (old segments renamed ahead
-// for reuse) still hold their old header and are skipped without running pg_waldump on them.
-// This is only a shortcut: pg_waldump validates what it reads.
+// written for that position on that timeline or an ancestor: the segment in which a timeline
+// began (a promotion, or an end of recovery, mid-segment) is a copy of the old timeline's
+// segment up to the switch, so its first pages carry the old timeline's ID. Recycled segment
+// files (old segments renamed ahead for reuse) still hold their old header, with another
+// position, and are skipped without running pg_waldump on them. This is only a shortcut:
+// pg_waldump validates what it reads.
 func plausibleSegment(path string, s segFile, segSize uint64) bool {
 	f, err := os.Open(path)
 	if err != nil {
@@ -303,7 +306,7 @@ func plausibleSegment(path string, s segFile, segSize uint64) bool {
 	}
 	tli := binary.NativeEndian.Uint32(h[4:8])
 	addr := binary.NativeEndian.Uint64(h[8:16])
-	return tli == s.tli && addr == s.segno*segSize
+	return tli != 0 && tli <= s.tli && addr == s.segno*segSize
 }
 
 // FinalLSN returns the end of the WAL that the stopped (or killed) server wrote to its pg_wal:
