@@ -315,6 +315,10 @@ func (k *Keeper) startup(ctx context.Context) {
 			k.log.Info("PostgreSQL is stopped by a STOP instruction; not starting it (a RESTART instruction lifts that)")
 			return
 		}
+		if wait, why := k.leftForRejoin(); wait {
+			k.log.Warn("not starting PostgreSQL: it waits for the leader's REJOIN", "why", why)
+			return
+		}
 		k.startServer(ctx, "keeper startup")
 	}
 }

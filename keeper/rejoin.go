@@ -72,6 +72,24 @@ func (k *Keeper) rejoinStarted() (bool, string) {
 	return false, ""
 }
 
+// leftForRejoin reports whether the keeper's startup must leave its stopped server for the
+// leader's REJOIN: the data directory is a primary's (no standby.signal) and the witnesses name
+// another node primary — this is an old primary after a failover. Starting it, even read-only,
+// would run crash recovery and append WAL of its own before the REJOIN measures what the
+// failover lost, and no client may write to it anyway.
+func (k *Keeper) leftForRejoin() (bool, string) {
+	if k.pg.StandbyConfigured() {
+		return false, ""
+	}
+	k.mu.Lock()
+	primary := k.lease.primary
+	k.mu.Unlock()
+	if primary == "" || primary == k.cfg.NodeName {
+		return false, ""
+	}
+	return true, fmt.Sprintf("the witnesses name %s primary: this is an old primary, which only a REJOIN starts again (as a standby)", primary)
+}
+
 // doRejoin brings this old primary back as a standby of upstream (see DESIGN.md, "Rejoin");
 // actMu is held and the token recorded. An equal token repeated after success answers the
 // recorded result without redoing anything. A rejoin interrupted after it changed the data
