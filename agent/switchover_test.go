@@ -377,6 +377,11 @@ func switchoverOnce(t *testing.T, r *switchoverRig, w *writer, to string) time.D
 	t.Helper()
 	from := r.cluster().GetPrimary()
 	w.waitAcks(t, from, 50)
+	// As an operator would: switch over to a standby the witnesses see streaming.
+	witnesstest.Eventually(t, wait, to+" observed streaming", func() bool {
+		ns := r.node(to)
+		return ns.GetRole() == regentv1.NodeRole_NODE_ROLE_REPLICA && ns.GetWalReceiverStatus() == "streaming"
+	})
 	start := time.Now()
 	code, out := r.switchover(t, to)
 	t.Logf("regent switchover --to %s --wait:\n%s", to, out)

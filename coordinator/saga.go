@@ -411,7 +411,9 @@ func (s *Saga) repoint(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fa
 		if n.GetName() == ev.GetToNode() || (n.GetName() == ev.GetFromNode() && !ev.GetSwitchover()) {
 			continue
 		}
-		if !reachable(c, n.GetName()) {
+		// A switchover's old primary has just restarted as a standby: the witnesses' votes may
+		// still say it is down, and it is confirmed (with retries) all the same.
+		if !reachable(c, n.GetName()) && n.GetName() != ev.GetFromNode() {
 			notes = append(notes, n.GetName()+" unreachable: not repointed")
 			continue
 		}

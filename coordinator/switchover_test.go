@@ -275,3 +275,23 @@ func TestSwitchoverPrecondition(t *testing.T) {
 		})
 	}
 }
+
+// The old primary restarts as a standby during the switchover, so the witnesses' committed
+// votes may say it is down when the saga repoints: it is confirmed all the same.
+func TestSwitchoverRepointsTheOldPrimaryWhileItsVotesSayDown(t *testing.T) {
+	l, w, id := switchoverRig(t, 0)
+	var votes []*regentv1.VoteUpdate
+	for _, wit := range []string{"w1", "w2", "w3"} {
+		votes = append(votes, &regentv1.VoteUpdate{Cluster: "orders", Node: "n1", Vote: &regentv1.Vote{Witness: wit, Reachable: false, Since: ts(t0)}})
+	}
+	if res, err := l.Propose(context.Background(), regentv1.CommandType_COMMAND_TYPE_RECORD_OBSERVATIONS, &regentv1.RecordObservationsCommand{Votes: votes}); err != nil || res.Err != nil {
+		t.Fatalf("votes: %v %v", err, res.Err)
+	}
+	s := &Saga{Leader: l, World: w, Wait: noWait}
+	if err := s.Run(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(w.Calls(), "repoint n1→n2") {
+		t.Errorf("calls %v: the old primary was not repointed", w.Calls())
+	}
+}
