@@ -205,6 +205,23 @@ func (k *Keeper) Shutdown() error {
 	return k.shutdownErr
 }
 
+// Kill stops the keeper as if its process had been killed (SIGKILL, or its host lost): its
+// loops and listeners stop at once and nothing is fenced, so a writable server stays writable
+// until the lease machinery elsewhere (the witnesses' revocation, the leader's wait) deals with
+// it. It is for drills and tests of host loss (regent lab, bench/rto); Shutdown afterwards does
+// nothing.
+func (k *Keeper) Kill() {
+	k.shutdownOnce.Do(func() {
+		k.cancel()
+		k.grpcSrv.Stop()
+		_ = k.httpSrv.Close()
+		k.wg.Wait()
+		k.obs.Close()
+		k.wit.Close()
+		k.log.Warn("keeper killed: nothing fenced")
+	})
+}
+
 // target is the local server and the keeper's login to it.
 func (k *Keeper) target() pgconnect.Target {
 	p := k.cfg.Postgres

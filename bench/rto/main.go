@@ -1,10 +1,22 @@
 // Command rto measures regent's recovery time after the primary dies, in the local lab
 // (package lab: three witnesses, PostgreSQL primary + two standbys, named).
 //
-//	go run ./bench/rto [-n 10] [-json out.json] [-rate 200] [-timeout 60s] [-v]
+//	go run ./bench/rto [-case postmaster|host|norestart] [-n 10] [-json out.json] [-rate 200] [-timeout 60s] [-v]
 //
-// Each trial starts a fresh lab, runs a write load (one row per transaction), kills the
-// primary's postmaster with SIGKILL at T0, and measures from T0:
+// Each trial starts a fresh lab, runs a write load (one row per transaction), makes the
+// primary fail at T0 and measures from T0. The case says how it fails:
+//
+//   - postmaster (default): no keepers; the primary's postmaster gets SIGKILL. Nothing can
+//     confirm a fence, so the saga revokes the lease and waits it out.
+//   - host: a keeper beside each node; the primary's keeper and postmaster are killed together
+//     (Keeper.Kill and SIGKILL), as the loss of its host would. The saga finds no keeper and
+//     no server, revokes the lease, and waits lease_ttl × (1 + drift) from the revokers' last
+//     grants (fencing.GrantBound), most of which has passed by the time it decides.
+//   - norestart: keepers; the primary's postgresql.conf is broken and its postmaster gets
+//     SIGKILL. Its keeper fails to restart it, stops reporting a restart, and confirms the
+//     leader's STOP: the fence (method keeper) without any lease wait.
+//
+// Measured from T0:
 //
 //   - detected: the majority's unreachable votes on the old primary (the vote's since);
 //   - decision: the failover event's started_at;
@@ -16,9 +28,11 @@
 // The step times come from the leader's clock, the rest from this process's; the lab runs its
 // witnesses in this process, so they are one clock. A trial that has not finished 60 s (-timeout)
 // after the kill is recorded as failed. The summary gives min/median/p90/max of each metric and
-// the policy's floor, down_after + lease_ttl × (1 + drift): with no keeper yet, a dead
-// postmaster confirms no fence, so the saga waits out the lease (with the clock-drift margin of
-// fencing.DefaultDrift) after deciding.
+// the case's floor: postmaster, down_after + lease_ttl × (1 + drift) (a dead postmaster confirms
+// no fence, so the saga waits out the lease, with the clock-drift margin of
+// fencing.DefaultDrift, after deciding); host, max(down_after, lease_ttl × (1 + drift)) (the
+// wait counts from the last grants, about T0); norestart, down_after. The goal is a median
+// first write within 1 s of the floor for postmaster and within 3 s of T0 for the keeper cases.
 package main
 
 import (
@@ -102,6 +116,7 @@ type Stat struct {
 // Report is what -json writes.
 type Report struct {
 	Command      string          `json:"command"`
+	Case         string          `json:"case"`
 	Started      time.Time       `json:"started"`
 	GoVersion    string          `json:"go_version"`
 	CPUs         int             `json:"cpus"`
@@ -124,6 +139,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rto", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	kind := fs.String("case", casePostmaster, "how the primary fails: postmaster (SIGKILL, no keepers), host (keepers; the primary's keeper and postmaster killed together) or norestart (keepers; postgresql.conf broken, postmaster SIGKILL, the keeper confirms the fence)")
 	n := fs.Int("n", 10, "number of trials (a fresh lab each)")
 	jsonPath := fs.String("json", "", "also write the trials and the summary to this JSON file")
 	rate := fs.Float64("rate", 200, "write load in rows per second, one row per transaction (also the client's retry pace during the failover)")
@@ -136,6 +152,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "rto: -n, -rate and -timeout must be positive")
 		return 2
 	}
+	if !slices.Contains(cases, *kind) {
+		fmt.Fprintf(stderr, "rto: -case %q: want one of %s\n", *kind, strings.Join(cases, ", "))
+		return 2
+	}
 	if _, err := pgtest.FindBin(); err != nil {
 		fmt.Fprintf(stderr, "rto: %v (install PostgreSQL: apt-get install postgresql)\n", err)
 		return 1
@@ -146,11 +166,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *verbose {
 		progress = stderr
 	}
-	rep := Report{Command: "go run ./bench/rto " + strings.Join(args, " "), Started: time.Now().UTC(),
+	rep := Report{Command: "go run ./bench/rto " + strings.Join(args, " "), Case: *kind, Started: time.Now().UTC(),
 		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), WriteRate: *rate}
 	for i := 1; i <= *n && ctx.Err() == nil; i++ {
 		fmt.Fprintf(stderr, "rto: trial %d/%d…\n", i, *n)
-		tr, info := trial(ctx, i, *rate, *timeout, progress)
+		tr, info := trial(ctx, *kind, i, *rate, *timeout, progress)
 		if info != nil {
 			rep.Postgres, rep.DNS, rep.Policy, rep.FloorMs = info.pgMajor, info.dns, info.policy, info.floorMs
 		}
@@ -169,6 +189,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	rep.GoalMs = rep.FloorMs + 1000
+	if *kind != casePostmaster {
+		rep.GoalMs = 3000
+	}
 	if s, ok := rep.Summary[mFirstWrite]; ok && s.N > 0 {
 		rep.GoalMet = s.Median <= rep.GoalMs
 	}
@@ -186,6 +209,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// The failure cases (-case).
+const (
+	casePostmaster = "postmaster"
+	caseHost       = "host"
+	caseNoRestart  = "norestart"
+)
+
+var cases = []string{casePostmaster, caseHost, caseNoRestart}
+
+// floorMs is the least time after T0 by which a case can have a new primary, for a policy.
+func floorMs(kind string, pol *regentv1.Policy) float64 {
+	downAfter := float64(pol.GetDownAfterMs())
+	lease := float64(pol.GetLeaseTtlMs()) * (1 + fencing.DefaultDrift)
+	switch kind {
+	case caseHost:
+		return max(downAfter, lease)
+	case caseNoRestart:
+		return downAfter
+	}
+	return downAfter + lease
+}
+
 // labInfo is what the report says about the lab the trials ran in.
 type labInfo struct {
 	pgMajor int
@@ -195,7 +240,7 @@ type labInfo struct {
 }
 
 // trial runs one fresh lab, kills its primary under load and measures the failover.
-func trial(ctx context.Context, num int, rate float64, timeout time.Duration, progress io.Writer) (Trial, *labInfo) {
+func trial(ctx context.Context, kind string, num int, rate float64, timeout time.Duration, progress io.Writer) (Trial, *labInfo) {
 	tr := Trial{Trial: num, Ms: map[string]float64{}}
 	fail := func(format string, args ...any) (Trial, *labInfo) {
 		tr.Error = fmt.Sprintf(format, args...)
@@ -208,8 +253,16 @@ func trial(ctx context.Context, num int, rate float64, timeout time.Duration, pr
 		return fail("start the lab: %v", err)
 	}
 	defer l.Stop()
+	var ks *keepers
+	if kind != casePostmaster {
+		fmt.Fprintln(progress, "rto: starting a keeper beside each node")
+		if ks, err = startKeepers(startCtx, l, slog.New(slog.DiscardHandler)); err != nil {
+			return fail("start the keepers: %v", err)
+		}
+		defer ks.stop()
+	}
 	pol := spec.WithDefaults(l.Spec.GetPolicy())
-	floor := float64(pol.GetDownAfterMs()) + float64(pol.GetLeaseTtlMs())*(1+fencing.DefaultDrift)
+	floor := floorMs(kind, pol)
 	info := &labInfo{pgMajor: l.Bench.MajorVersion(), dns: l.DNS != nil, floorMs: floor,
 		policy: map[string]any{"probe_interval_ms": pol.GetProbeIntervalMs(), "probe_timeout_ms": pol.GetProbeTimeoutMs(),
 			"down_after_ms": pol.GetDownAfterMs(), "lease_ttl_ms": pol.GetLeaseTtlMs(), "fence_methods": pol.GetFenceMethods(),
@@ -233,7 +286,15 @@ func trial(ctx context.Context, num int, rate float64, timeout time.Duration, pr
 
 	// T0: the kill. Everything after is bounded by timeout.
 	after := l.LastEventID()
-	k, err := l.KillPrimary()
+	var k lab.Killed
+	switch kind {
+	case caseHost:
+		k, err = ks.killHost()
+	case caseNoRestart:
+		k, err = breakRestart(l)
+	default:
+		k, err = l.KillPrimary()
+	}
 	t0 := k.At
 	if err != nil {
 		tr.Error = err.Error()
@@ -579,8 +640,16 @@ func stat(v []float64) Stat {
 func secs(ms float64) string { return fmt.Sprintf("%.2fs", ms/1000) }
 
 func printReport(w io.Writer, rep Report) {
-	fmt.Fprintf(w, "regent failover RTO: %d trials (%d failed), kill -9 of the primary's postmaster under %g writes/s; PostgreSQL %d; DNS %v\n",
-		len(rep.Trials), rep.FailedTrials, rep.WriteRate, rep.Postgres, rep.DNS)
+	if rep.Case == "" {
+		rep.Case = casePostmaster
+	}
+	what := map[string]string{
+		casePostmaster: "kill -9 of the primary's postmaster (no keepers)",
+		caseHost:       "host loss: the primary's keeper and postmaster killed together",
+		caseNoRestart:  "the primary's postmaster killed -9 and unable to restart, its keeper alive",
+	}[rep.Case]
+	fmt.Fprintf(w, "regent failover RTO: %d trials (%d failed), %s, under %g writes/s; PostgreSQL %d; DNS %v\n",
+		len(rep.Trials), rep.FailedTrials, what, rep.WriteRate, rep.Postgres, rep.DNS)
 	fmt.Fprintf(w, "policy: %v\n\n", rep.Policy)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "TRIAL\tFROM→TO\t")
@@ -613,7 +682,8 @@ func printReport(w io.Writer, rep Report) {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nfloor (down_after + lease_ttl × (1 + drift)): %s; goal: median first write within 1s of it (≤ %s): ", secs(rep.FloorMs), secs(rep.GoalMs))
+	floorWhat := map[string]string{casePostmaster: "down_after + lease_ttl × (1 + drift)", caseHost: "max(down_after, lease_ttl × (1 + drift))", caseNoRestart: "down_after"}[rep.Case]
+	fmt.Fprintf(w, "\nfloor (%s): %s; goal: median first write ≤ %s: ", floorWhat, secs(rep.FloorMs), secs(rep.GoalMs))
 	if s, ok := rep.Summary[mFirstWrite]; ok {
 		verdict := "NOT met"
 		if rep.GoalMet {
@@ -637,10 +707,17 @@ func printBreakdown(w io.Writer, rep Report) {
 		from, to string
 		minus    float64
 	}
+	fenceStage := stage{"decision → fenced, beyond lease_ttl × (1 + drift) (SQL fence attempt, revocation)", mDecision, mFenced, lease}
+	switch rep.Case {
+	case caseHost:
+		fenceStage = stage{"decision → fenced (keeper and SQL refused, revocation, the rest of the wait from the revokers' last grants)", mDecision, mFenced, 0}
+	case caseNoRestart:
+		fenceStage = stage{"decision → fenced (the keeper's STOP)", mDecision, mFenced, 0}
+	}
 	stages := []stage{
 		{"kill → majority votes down (probe interval, report)", "", mDetected, 0},
 		{"votes down → decision, beyond down_after (decision tick)", mDetected, mDecision, float64(downAfter)},
-		{"decision → fenced, beyond lease_ttl × (1 + drift) (SQL fence attempt, revocation)", mDecision, mFenced, lease},
+		fenceStage,
 		{"fenced → first client write (pg_promote, the client's retry pace)", mFenced, mFirstWrite, 0},
 		{"fenced → promoted committed (pg_promote, confirmed write, CHECKPOINT)", mFenced, mPromoted, 0},
 		{"promoted → repointed (other standby streams from the new primary)", mPromoted, mRepointed, 0},
