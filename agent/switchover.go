@@ -153,9 +153,13 @@ func (w world) Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fai
 		return 0, "", fmt.Errorf("the keeper of %s demoted it but reported no final LSN (%s); a keeper this old cannot take part in a switchover", old.GetName(), resp.GetDetail())
 	}
 	var d struct {
-		Shutdown string `json:"shutdown"`
-		Upstream string `json:"upstream"`
-		Slot     string `json:"slot"`
+		Shutdown    string `json:"shutdown"`
+		Upstream    string `json:"upstream"`
+		Slot        string `json:"slot"`
+		StopMs      int64  `json:"stop_ms"`
+		MeasureMs   int64  `json:"measure_ms"`
+		ConfigureMs int64  `json:"configure_ms"`
+		StartMs     int64  `json:"start_ms"`
 	}
 	note := fmt.Sprintf("the keeper demoted %s: final LSN %s", old.GetName(), probe.FormatLSN(resp.GetFinalLsn()))
 	if json.Unmarshal([]byte(resp.GetDetail()), &d) == nil {
@@ -166,6 +170,7 @@ func (w world) Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fai
 		if d.Slot != "" {
 			note += " through slot " + d.Slot
 		}
+		note += fmt.Sprintf(" (stop %dms, final LSN %dms, configure %dms, start %dms)", d.StopMs, d.MeasureMs, d.ConfigureMs, d.StartMs)
 	}
 	return resp.GetFinalLsn(), note, nil
 }

@@ -41,6 +41,12 @@ type DemoteResult struct {
 	// DroppedSlots are the replication slots of its former standbys, dropped once it runs as a
 	// standby (they would hold WAL on it for ever).
 	DroppedSlots []string `json:"dropped_slots,omitempty"`
+	// How long the steps took, in milliseconds: the shutdown, reading the final LSN, the slot
+	// and standby configuration, and the start as a standby.
+	StopMs      int64 `json:"stop_ms"`
+	MeasureMs   int64 `json:"measure_ms"`
+	ConfigureMs int64 `json:"configure_ms"`
+	StartMs     int64 `json:"start_ms"`
 }
 
 // demoteFile is where the last DEMOTE's result is kept in state_dir.
@@ -134,6 +140,7 @@ func (s *service) instructDemote(ctx context.Context, req *regentv1.InstructRequ
 // answers the recorded result; one interrupted between the stop and the start goes on from
 // where it stopped (the measurement is repeated on the still-stopped directory).
 func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint16) (DemoteResult, error) {
+	start := time.Now()
 	upstream := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	rec, err := k.readDemote()
 	if err != nil {
@@ -178,11 +185,13 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 		}
 		return k.startDemoted(ctx, *rec)
 	}
+	stopped := time.Now()
 	l := rejoin.Local{BinDir: k.cfg.BinDir, DataDir: k.cfg.DataDir}
 	if os.Geteuid() == 0 {
 		l.RunAs = k.cfg.RunAs
 	}
 	final, tli, err := rejoin.FinalLSN(ctx, l)
+	measured := time.Now()
 	if err != nil {
 		return DemoteResult{}, fmt.Errorf("reading the end of the stopped server's WAL: %w", err)
 	}
@@ -204,7 +213,8 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 	if !k.pg.StandbyConfigured() {
 		return DemoteResult{}, errors.New("ConfigureStandby left no standby.signal; not starting the server")
 	}
-	res := DemoteResult{Token: tok, FinalLSN: final, Timeline: tli, Upstream: upstream, Slot: slot, Shutdown: shutdown}
+	res := DemoteResult{Token: tok, FinalLSN: final, Timeline: tli, Upstream: upstream, Slot: slot, Shutdown: shutdown,
+		StopMs: stopped.Sub(start).Milliseconds(), MeasureMs: measured.Sub(stopped).Milliseconds(), ConfigureMs: time.Since(measured).Milliseconds()}
 	if err := k.writeDemote(res); err != nil {
 		return DemoteResult{}, err
 	}
@@ -222,10 +232,12 @@ func (k *Keeper) startDemoted(ctx context.Context, res DemoteResult) (DemoteResu
 	k.lastInRecovery = time.Now()
 	k.nextStart = time.Time{}
 	k.mu.Unlock()
+	start := time.Now()
 	if err := k.pg.Start(ctx, false); err != nil {
 		k.checkRunning(ctx)
 		return DemoteResult{}, fmt.Errorf("configured as a standby of %s, but it did not start: %w", res.Upstream, err)
 	}
+	res.StartMs = time.Since(start).Milliseconds()
 	k.checkRunning(ctx)
 	k.observe(ctx, 5*time.Second)
 	dropped, err := k.dropInactiveSlots(ctx)
