@@ -160,6 +160,7 @@ func (w world) Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fai
 		MeasureMs   int64  `json:"measure_ms"`
 		ConfigureMs int64  `json:"configure_ms"`
 		StartMs     int64  `json:"start_ms"`
+		Repeated    bool   `json:"repeated"`
 	}
 	note := fmt.Sprintf("the keeper demoted %s: final LSN %s", old.GetName(), probe.FormatLSN(resp.GetFinalLsn()))
 	if json.Unmarshal([]byte(resp.GetDetail()), &d) == nil {
@@ -170,7 +171,11 @@ func (w world) Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fai
 		if d.Slot != "" {
 			note += " through slot " + d.Slot
 		}
-		note += fmt.Sprintf(" (stop %dms, final LSN %dms, configure %dms, start %dms)", d.StopMs, d.MeasureMs, d.ConfigureMs, d.StartMs)
+		if d.Repeated {
+			note += " (as recorded by an earlier DEMOTE of this event)"
+		} else {
+			note += fmt.Sprintf(" (stop %dms, final LSN %dms, configure %dms, start %dms)", d.StopMs, d.MeasureMs, d.ConfigureMs, d.StartMs)
+		}
 	}
 	return resp.GetFinalLsn(), note, nil
 }

@@ -213,7 +213,10 @@ type ack struct {
 // primary, reconnecting when that changes or the connection breaks, and records every
 // acknowledged id with its node and time.
 type writer struct {
-	r      *switchoverRig
+	r *switchoverRig
+	// primary names the node the committed state calls primary, read from one witness that
+	// stays up (a witness stopped meanwhile would race with the test).
+	primary func() string
 	mu     sync.Mutex
 	acks   []ack
 	errs   int
@@ -221,14 +224,20 @@ type writer struct {
 	done   chan struct{}
 }
 
-func startWriter(t *testing.T, r *switchoverRig) *writer {
+// startWriter starts a writer that reads the committed primary from witness via.
+func startWriter(t *testing.T, r *switchoverRig, via int) *writer {
 	t.Helper()
 	ctx := witnesstest.Context(t, wait)
 	if err := r.primary.Exec(ctx, "CREATE TABLE IF NOT EXISTS sw_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"); err != nil {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithCancel(context.Background())
-	w := &writer{r: r, cancel: cancel, done: make(chan struct{})}
+	fsm := r.c.Agents[via].FSM()
+	primary := func() string {
+		cl, _ := fsm.Cluster("orders")
+		return cl.GetPrimary()
+	}
+	w := &writer{r: r, primary: primary, cancel: cancel, done: make(chan struct{})}
 	go w.run(wctx)
 	t.Cleanup(w.stop)
 	return w
@@ -251,7 +260,7 @@ func (w *writer) run(ctx context.Context) {
 			return
 		case <-retry.C:
 		}
-		node := w.r.cluster().GetPrimary()
+		node := w.primary()
 		if conn != nil && (connNode != node || conn.IsClosed()) {
 			conn.Close(context.Background())
 			conn = nil
@@ -442,7 +451,7 @@ func switchoverOnce(t *testing.T, r *switchoverRig, w *writer, to string) time.D
 // unavailability is logged. REGENT_SWITCHOVER_RUNS=N makes N switchovers (BENCHMARKS.md).
 func TestSwitchoverUnderWriteLoadLosesNothing(t *testing.T) {
 	r := startSwitchoverRig(t)
-	w := startWriter(t, r)
+	w := startWriter(t, r, r.c.Follower(r.c.WaitLeader(wait)))
 	runs := 2
 	if v, err := strconv.Atoi(os.Getenv("REGENT_SWITCHOVER_RUNS")); err == nil && v > 0 {
 		runs = v
@@ -534,4 +543,50 @@ func TestSwitchoverToATargetThatCannotCatchUpAborts(t *testing.T) {
 	if !r.primary.Running() {
 		t.Error("the old primary was restarted (demoted) although the target never caught up")
 	}
+}
+
+// TestSwitchoverResumedByANewLeader stops the witnesses' leader in the middle of a switchover
+// under a write load, once the old primary is going down (being demoted), before the step
+// is committed: the next leader runs the switchover's first step again (the keeper answers
+// the repeated DEMOTE from its record) and finishes it with nothing lost.
+func TestSwitchoverResumedByANewLeader(t *testing.T) {
+	r := startSwitchoverRig(t)
+	leader := r.c.WaitLeader(wait)
+	w := startWriter(t, r, r.c.Follower(leader))
+	w.waitAcks(t, "pg-us", 50)
+	ctx := witnesstest.Context(t, 3*wait)
+	resp, err := r.c.Client(leader).Switchover(ctx, &regentv1.SwitchoverRequest{Cluster: "orders", To: "pg-eu", Reason: "leader loss drill"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetEvent().GetId()
+	// The old primary stops being a writable primary when the demotion shuts it down.
+	witnesstest.Eventually(t, wait, "pg-us being demoted", func() bool {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st := r.keepers["pg-us"].Status(sctx, false)
+		return !st.PostmasterRunning || st.InRecovery || r.event(id).GetStep() != regentv1.FailoverStep_FAILOVER_STEP_DECIDED
+	})
+	t.Logf("stopping the leader at step %s", r.event(id).GetStep())
+	r.c.StopNode(leader)
+	var ev *regentv1.FailoverEvent
+	witnesstest.Eventually(t, 2*wait, "the switchover to finish under the next leader", func() bool {
+		ev = r.event(id)
+		return ev.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_ABORTED
+	})
+	t.Logf("event: %s; notes: %s", ev.GetStep(), strings.Join(ev.GetNotes(), " | "))
+	if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetDataLossBytes() != 0 || !ev.GetDataLossExact() || ev.GetFinalLsn() == 0 {
+		t.Fatalf("switchover after the leader loss: step %s, loss %v exact %v final %X (%s)", ev.GetStep(), ev.DataLossBytes, ev.GetDataLossExact(), ev.GetFinalLsn(), ev.GetAbortReason())
+	}
+	w.waitAcks(t, "pg-eu", 50)
+	acks := w.snapshot()
+	checkAllAcked(t, r.eu, acks)
+	if err := pgops.WaitStreamingFrom(ctx, target(&failoverRig{observeRig: r.observeRig}, r.primary), r.eu.Host, uint16(r.eu.Port)); err != nil {
+		t.Errorf("the old primary does not stream from the new one: %v", err)
+	}
+	if st := r.keepers["pg-us"].Status(ctx, false); st.LastRejoin != "" || !st.InRecovery || st.Fenced {
+		t.Errorf("old primary's keeper: rejoin %q, in recovery %v, fenced %v", st.LastRejoin, st.InRecovery, st.Fenced)
+	}
+	gap, _, _ := longestGap(acks, time.Time{})
+	t.Logf("write unavailability with a leader election in the middle: %v", gap.Round(time.Millisecond))
 }

@@ -47,6 +47,9 @@ type DemoteResult struct {
 	MeasureMs   int64 `json:"measure_ms"`
 	ConfigureMs int64 `json:"configure_ms"`
 	StartMs     int64 `json:"start_ms"`
+	// Repeated: this answer is the record of an earlier DEMOTE of the same event (the server
+	// was already its standby), not a new demotion.
+	Repeated bool `json:"repeated,omitempty"`
 }
 
 // demoteFile is where the last DEMOTE's result is kept in state_dir.
@@ -103,7 +106,10 @@ func (s *service) instructDemote(ctx context.Context, req *regentv1.InstructRequ
 	}); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "recording the fencing token before acting: %v", err)
 	}
-	actx, cancel := context.WithTimeout(ctx, maxActionTime)
+	// Not cancelled with the call: a leader that dies mid-way must not leave a half-stopped
+	// server behind (a cancelled pg_ctl stop would fall back to nothing). The next leader's
+	// DEMOTE waits for this one (actMu) and answers its record.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxActionTime)
 	defer cancel()
 	k.log.Info("instruction", "action", regentv1.KeeperAction_KEEPER_ACTION_DEMOTE.String(), "token", tok.String(), "upstream", net.JoinHostPort(host, strconv.Itoa(int(port))))
 	res, err := k.doDemote(actx, tok, host, uint16(port))
@@ -159,7 +165,9 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 			if err := k.state.Update(func(s *State) { s.Fence, s.FenceEpoch, s.Stopped = FenceNone, 0, false }); err != nil {
 				return DemoteResult{}, err
 			}
-			return *rec, nil
+			r := *rec
+			r.Repeated = true
+			return r, nil
 		}
 		if o.Writable() {
 			if err := k.fence(ctx, FenceInstruction, 30*time.Second); err != nil {

@@ -69,7 +69,7 @@ func TestDemoteFollowsWithoutARewind(t *testing.T) {
 	pid := postmasterPID(t, r.primary)
 	for _, term := range []uint64{1, 2} {
 		resp, err := demote(term, 3)
-		if err != nil || !resp.GetDone() || resp.GetFinalLsn() != final {
+		if err != nil || !resp.GetDone() || resp.GetFinalLsn() != final || !strings.Contains(resp.GetDetail(), `"repeated":true`) {
 			t.Errorf("repeated DEMOTE (%d,3): %v %v", term, resp, err)
 		}
 	}
