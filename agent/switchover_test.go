@@ -217,11 +217,11 @@ type writer struct {
 	// primary names the node the committed state calls primary, read from one witness that
 	// stays up (a witness stopped meanwhile would race with the test).
 	primary func() string
-	mu     sync.Mutex
-	acks   []ack
-	errs   int
-	cancel context.CancelFunc
-	done   chan struct{}
+	mu      sync.Mutex
+	acks    []ack
+	errs    int
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 // startWriter starts a writer that reads the committed primary from witness via.
