@@ -308,6 +308,13 @@ func (w *writer) snapshot() []ack {
 	return slices.Clone(w.acks)
 }
 
+// failed is how many write attempts failed so far.
+func (w *writer) failed() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.errs
+}
+
 // waitAcks waits until n more writes than now are acknowledged on node.
 func (w *writer) waitAcks(t *testing.T, node string, n int) {
 	t.Helper()
@@ -412,7 +419,7 @@ func switchoverOnce(t *testing.T, r *switchoverRig, w *writer, to string) time.D
 	acks := w.snapshot()
 	gap, a, b := longestGap(acks, start)
 	t.Logf("switchover %s → %s: write unavailability %v (write %d on %s at %s, next %d on %s at %s); %d writes acknowledged so far, %d attempts failed",
-		from, to, gap.Round(time.Millisecond), a.id, a.node, a.at.Format("15:04:05.000"), b.id, b.node, b.at.Format("15:04:05.000"), len(acks), w.errs)
+		from, to, gap.Round(time.Millisecond), a.id, a.node, a.at.Format("15:04:05.000"), b.id, b.node, b.at.Format("15:04:05.000"), len(acks), w.failed())
 	for _, st := range ev.GetSteps() {
 		t.Logf("  %-9s %s", strings.ToLower(strings.TrimPrefix(st.GetStep().String(), "FAILOVER_STEP_")), st.GetAt().AsTime().Format("15:04:05.000"))
 	}
