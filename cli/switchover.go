@@ -143,7 +143,7 @@ func (r *runner) followSwitchover(c regentv1.RegentClient, ev *regentv1.Failover
 // loss and how long there was no writable primary (from fenced to promoted is a lower bound;
 // the decision to the promotion an upper one).
 func switchoverOutcome(e *regentv1.FailoverEvent) string {
-	s := fmt.Sprintf("switchover %d of %s completed: %s is the primary; data loss %s", e.GetId(), e.GetCluster(), e.GetToNode(), dataLossChange(e))
+	s := fmt.Sprintf("switchover %d of %s completed: %s is the primary; %s", e.GetId(), e.GetCluster(), e.GetToNode(), dataLossChange(e))
 	if e.GetFinalLsn() != 0 {
 		s += fmt.Sprintf("; the old primary's WAL ended at %s and %s had replayed it", formatLSN(e.GetFinalLsn()), e.GetToNode())
 	}
