@@ -514,6 +514,10 @@ func TestSwitchoverUnderWriteLoadLosesNothing(t *testing.T) {
 func TestSwitchoverToATargetThatCannotCatchUpAborts(t *testing.T) {
 	r := startSwitchoverRig(t)
 	ctx := witnesstest.Context(t, 3*wait)
+	// Refused up front, with what to do: the primary itself is no target.
+	if code, out := r.switchover(t, "pg-us"); code == 0 || !strings.Contains(out, "already the primary") {
+		t.Errorf("switchover to the primary: exit %d: %s", code, out)
+	}
 	if err := r.eu.Exec(ctx, "ALTER SYSTEM SET recovery_min_apply_delay = '1h'"); err != nil {
 		t.Fatal(err)
 	}
