@@ -38,8 +38,8 @@ type DemoteResult struct {
 	// Shutdown is how the server was stopped: "fast" (clean), "immediate" (the fast shutdown
 	// failed), or "" (it was already stopped).
 	Shutdown string `json:"shutdown,omitempty"`
-	// DroppedSlots are the replication slots of its former standbys, dropped once it runs as a
-	// standby (they would hold WAL on it for ever).
+	// DroppedSlots are the replication slots of its former standbys, removed while it was
+	// stopped (on a standby they would hold WAL for ever).
 	DroppedSlots []string `json:"dropped_slots,omitempty"`
 	// How long the steps took, in milliseconds: the shutdown, reading the final LSN, the slot
 	// and standby configuration, and the start as a standby.
@@ -136,11 +136,11 @@ func (s *service) instructDemote(ctx context.Context, req *regentv1.InstructRequ
 //     every connected standby before the server exits (immediate only if fast fails);
 //  3. rejoin.FinalLSN: the exact end of its WAL — the saga waits until the target has replayed
 //     it, so the target's new timeline forks exactly there and this server needs no rewind;
-//  4. a replication slot on the upstream (best effort: a standby upstream may refuse), then
+//  4. its former standbys' replication slots are removed (rejoin.RemoveSlots), a slot is made
+//     on the upstream (best effort: a standby upstream may refuse), then
 //     rejoin.ConfigureStandby (primary_conninfo, the slot, recovery_target_timeline latest,
 //     standby.signal); the result is recorded before the server starts;
-//  5. the fence marks are lifted (they are a primary's) and the server starts as a standby;
-//     its former standbys' slots, now inactive, are dropped.
+//  5. the fence marks are lifted (they are a primary's) and the server starts as a standby.
 //
 // A DEMOTE of the same event finding the server already a standby (of the same upstream)
 // answers the recorded result; one interrupted between the stop and the start goes on from
@@ -203,6 +203,11 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 	if err != nil {
 		return DemoteResult{}, fmt.Errorf("reading the end of the stopped server's WAL: %w", err)
 	}
+	// Its standbys' slots: they would hold WAL on it for ever once it is a standby itself.
+	dropped, err := rejoin.RemoveSlots(l)
+	if err != nil {
+		return DemoteResult{}, fmt.Errorf("removing the former standbys' replication slots: %w", err)
+	}
 	p := k.cfg.Postgres
 	pw, err := p.Password(host, port, p.Database, p.User)
 	if err != nil {
@@ -221,7 +226,7 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 	if !k.pg.StandbyConfigured() {
 		return DemoteResult{}, errors.New("ConfigureStandby left no standby.signal; not starting the server")
 	}
-	res := DemoteResult{Token: tok, FinalLSN: final, Timeline: tli, Upstream: upstream, Slot: slot, Shutdown: shutdown,
+	res := DemoteResult{Token: tok, FinalLSN: final, Timeline: tli, Upstream: upstream, Slot: slot, Shutdown: shutdown, DroppedSlots: dropped,
 		StopMs: stopped.Sub(start).Milliseconds(), MeasureMs: measured.Sub(stopped).Milliseconds(), ConfigureMs: time.Since(measured).Milliseconds()}
 	if err := k.writeDemote(res); err != nil {
 		return DemoteResult{}, err
@@ -248,46 +253,6 @@ func (k *Keeper) startDemoted(ctx context.Context, res DemoteResult) (DemoteResu
 	res.StartMs = time.Since(start).Milliseconds()
 	k.checkRunning(ctx)
 	k.observe(ctx, 5*time.Second)
-	dropped, err := k.dropInactiveSlots(ctx)
-	if err != nil {
-		k.log.Warn("demote: could not drop the former standbys' replication slots; drop them by hand (they hold WAL)", "err", err)
-	}
-	res.DroppedSlots = dropped
-	k.log.Warn("demoted: running as a standby", "upstream", res.Upstream, "final_lsn", formatLSN(res.FinalLSN), "dropped_slots", dropped)
+	k.log.Warn("demoted: running as a standby", "upstream", res.Upstream, "final_lsn", formatLSN(res.FinalLSN), "dropped_slots", res.DroppedSlots)
 	return res, nil
-}
-
-// dropInactiveSlots drops the physical replication slots nobody streams from: on a freshly
-// demoted primary those are its former standbys', which now stream from the new primary.
-func (k *Keeper) dropInactiveSlots(ctx context.Context) ([]string, error) {
-	c, err := pgconnect.Connect(ctx, k.target(), appName)
-	if err != nil {
-		return nil, err
-	}
-	defer pgconnect.Close(c)
-	rows, err := c.Query(ctx, "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active")
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		names = append(names, n)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	var dropped []string
-	for _, n := range names {
-		if _, err := c.Exec(ctx, "SELECT pg_drop_replication_slot($1)", n); err != nil {
-			return dropped, fmt.Errorf("dropping slot %s: %w", n, err)
-		}
-		dropped = append(dropped, n)
-	}
-	return dropped, nil
 }

@@ -46,8 +46,14 @@ func TestDemoteFollowsWithoutARewind(t *testing.T) {
 	if err := json.Unmarshal([]byte(resp.GetDetail()), &res); err != nil {
 		t.Fatalf("detail %q: %v", resp.GetDetail(), err)
 	}
-	if res.FinalLSN != final || res.Shutdown != "fast" || res.Slot != "pg_us_slot" || res.Timeline != 1 {
+	if res.FinalLSN != final || res.Shutdown != "fast" || res.Slot != "pg_us_slot" || res.Timeline != 1 ||
+		len(res.DroppedSlots) != 2 { // the bench's standbys' slots
 		t.Errorf("result %+v", res)
+	}
+	// Its former standbys' slots are gone (on a standby they would hold WAL for ever).
+	var slots int
+	if err := r.primary.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots); err != nil || slots != 0 {
+		t.Errorf("replication slots left on the demoted server: %d (%v)", slots, err)
 	}
 	// The clean shutdown sent the standby everything, up to the final LSN.
 	if err := r.eu.WaitReplayed(ctx, final); err != nil {
