@@ -248,8 +248,12 @@ func (s *Saga) advanceAt(ctx context.Context, term uint64, cmd *regentv1.Advance
 }
 
 func (s *Saga) abort(ctx context.Context, ev *regentv1.FailoverEvent, reason string) error {
-	s.World.Alert("failover_aborted", "critical", ev.GetCluster(),
-		fmt.Sprintf("failover %d of %s (%s → %s) aborted: %s", ev.GetId(), ev.GetCluster(), ev.GetFromNode(), ev.GetToNode(), reason),
+	kind, severity := "failover", "critical"
+	if ev.GetSwitchover() {
+		kind, severity = "switchover", "warning" // planned; the old primary is restored
+	}
+	s.World.Alert(kind+"_aborted", severity, ev.GetCluster(),
+		fmt.Sprintf("%s %d of %s (%s → %s) aborted: %s", kind, ev.GetId(), ev.GetCluster(), ev.GetFromNode(), ev.GetToNode(), reason),
 		map[string]any{"event_id": ev.GetId()})
 	return s.advance(ctx, &regentv1.AdvanceFailoverCommand{EventId: ev.GetId(), Step: regentv1.FailoverStep_FAILOVER_STEP_ABORTED, AbortReason: reason})
 }
@@ -335,6 +339,9 @@ func HookEnv(c *regentv1.Cluster, ev *regentv1.FailoverEvent) map[string]string 
 	}
 	if ev.DataLossBytes != nil {
 		env["REGENT_DATA_LOSS_BYTES"] = strconv.FormatInt(ev.GetDataLossBytes(), 10)
+	}
+	if ev.GetSwitchover() {
+		env["REGENT_SWITCHOVER"] = "true"
 	}
 	return env
 }

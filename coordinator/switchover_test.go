@@ -138,7 +138,13 @@ func TestSwitchoverTargetBehindAbortsAndRestores(t *testing.T) {
 			t.Errorf("abort reason %q lacks %q", ev.GetAbortReason(), s)
 		}
 	}
+	if !slices.Contains(w.alerts, "switchover_aborted") {
+		t.Errorf("alerts %v, want switchover_aborted", w.alerts)
+	}
 	c, _ := findEventCluster(l, id)
+	if env := HookEnv(c, ev); env["REGENT_SWITCHOVER"] != "true" {
+		t.Errorf("hook environment %v lacks REGENT_SWITCHOVER=true", env)
+	}
 	if c.GetPrimary() != "n1" || c.GetLeaseEpoch() != 1 {
 		t.Errorf("after the abort: primary %s epoch %d", c.GetPrimary(), c.GetLeaseEpoch())
 	}
