@@ -263,7 +263,9 @@ func TestSwitchoverPrecondition(t *testing.T) {
 		}},
 		{name: "not streaming", to: "n2", want: `not streaming (WAL receiver "catchup")`, mutate: func(_ *regentv1.State, c *regentv1.Cluster) { c.NodeStatus[1].WalReceiverStatus = "catchup" }},
 		{name: "replay paused", to: "n2", want: "pg_wal_replay_resume()", mutate: func(_ *regentv1.State, c *regentv1.Cluster) { c.NodeStatus[1].ReplayPaused = true }},
-		{name: "not a standby", to: "n2", want: "not a standby (role fenced)", mutate: func(_ *regentv1.State, c *regentv1.Cluster) { c.NodeStatus[1].Role = regentv1.NodeRole_NODE_ROLE_FENCED }},
+		{name: "not a standby", to: "n2", want: "not a standby (role fenced)", mutate: func(_ *regentv1.State, c *regentv1.Cluster) {
+			c.NodeStatus[1].Role = regentv1.NodeRole_NODE_ROLE_FENCED
+		}},
 		{name: "wrong system", to: "n2", want: "another cluster's system identifier", mutate: func(_ *regentv1.State, c *regentv1.Cluster) { c.NodeStatus[1].WrongSystem = true }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
