@@ -18,9 +18,10 @@ import (
 // the channel figures as one batched entry per probe interval, raises alerts, and writes the
 // heartbeat row on every cluster's primary each second.
 type leaderObserve struct {
-	a      *Agent
-	agg    *coordinator.Aggregator
-	report chan struct{} // signalled when a report arrived
+	a        *Agent
+	agg      *coordinator.Aggregator
+	rebuilds *coordinator.RebuildTracker // catch-up of rejoined old primaries
+	report   chan struct{}               // signalled when a report arrived
 }
 
 // onReport is the API's report handler; it only works on the leader while a session runs.
@@ -40,7 +41,7 @@ func (a *Agent) onReport(witness string, obs []*regentv1.Observation) error {
 }
 
 func (a *Agent) observeAsLeader(ctx context.Context) {
-	lo := &leaderObserve{a: a, agg: coordinator.NewAggregator(), report: make(chan struct{}, 1)}
+	lo := &leaderObserve{a: a, agg: coordinator.NewAggregator(), rebuilds: coordinator.NewRebuildTracker(), report: make(chan struct{}, 1)}
 	a.obsMu.Lock()
 	a.leaderObs = lo
 	a.obsMu.Unlock()
@@ -105,7 +106,10 @@ func (lo *leaderObserve) commitChannels(ctx context.Context) time.Duration {
 		}
 	}
 	lo.agg.Retain(st) // forget observations of deleted clusters and nodes
-	cmd := lo.agg.Channels(st, time.Now())
+	now := time.Now()
+	// A rejoined old primary's channel stays rebuilding, with its catch-up figures, until the
+	// rejoin flow records it caught up (agent/rejoin.go).
+	cmd := coordinator.OverrideRebuilding(st, lo.agg.Channels(st, now), lo.rebuilds.Observe(coordinator.Rebuilds(st), now))
 	if cmd == nil {
 		return shortest
 	}

@@ -143,7 +143,7 @@ func (a *Agent) lead(ctx context.Context) {
 		}
 	}
 	var leading sync.WaitGroup
-	leading.Add(2)
+	leading.Add(3)
 	go func() {
 		defer leading.Done()
 		a.observeAsLeader(ctx)
@@ -151,6 +151,10 @@ func (a *Agent) lead(ctx context.Context) {
 	go func() {
 		defer leading.Done()
 		a.failoverAsLeader(ctx)
+	}()
+	go func() {
+		defer leading.Done()
+		a.rejoinAsLeader(ctx)
 	}()
 	defer leading.Wait()
 	tick := time.NewTicker(time.Second)

@@ -1,0 +1,257 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/regentdb/regent/alert"
+	"github.com/regentdb/regent/coordinator"
+	regentv1 "github.com/regentdb/regent/proto/regent/v1"
+)
+
+// Rejoin pacing: how often the leader looks at rejoins, how long one REJOIN instruction may
+// take, the backoff after a failed attempt (doubling up to rejoinBackoffMax), and the least time
+// between two progress records of one rebuilding node.
+const (
+	rejoinEvery       = 500 * time.Millisecond
+	rejoinTimeout     = 3 * time.Minute
+	rejoinBackoffMin  = 2 * time.Second
+	rejoinBackoffMax  = time.Minute
+	rejoinProgressGap = 2 * time.Second
+)
+
+// rejoins is the leader's rejoin work in one leader session: bringing the old primary of each
+// cluster's latest completed failover back as a standby through its keeper, and following its
+// catch-up until it is within lag_alert_threshold (see DESIGN.md, "Rejoin").
+type rejoins struct {
+	a   *Agent
+	ctx context.Context
+	wg  sync.WaitGroup
+
+	mu       sync.Mutex
+	running  map[uint64]bool      // event → an attempt runs
+	failures map[uint64]int       // event → failed attempts in this session
+	next     map[uint64]time.Time // event → no attempt before
+	progress map[uint64]time.Time // event → last progress record
+}
+
+// rejoinAsLeader runs until ctx (the leader session) ends.
+func (a *Agent) rejoinAsLeader(ctx context.Context) {
+	r := &rejoins{a: a, ctx: ctx, running: map[uint64]bool{}, failures: map[uint64]int{},
+		next: map[uint64]time.Time{}, progress: map[uint64]time.Time{}}
+	defer r.wg.Wait()
+	tick := time.NewTicker(rejoinEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, _ := a.fsm.State()
+		r.step(st)
+	}
+}
+
+// latestEvents returns each cluster's failover event with the highest id.
+func latestEvents(st *regentv1.State) map[string]*regentv1.FailoverEvent {
+	out := map[string]*regentv1.FailoverEvent{}
+	for _, ev := range st.GetFailoverEvents() { // sorted by id
+		out[ev.GetCluster()] = ev
+	}
+	return out
+}
+
+// step looks at every cluster once: records a pending rejoin after a completed failover whose
+// old primary has a keeper, starts an attempt when one is due, and records the catch-up of
+// rebuilding ones.
+func (r *rejoins) step(st *regentv1.State) {
+	latest := latestEvents(st)
+	rebuilds := map[uint64]coordinator.Rebuild{}
+	for _, rb := range coordinator.Rebuilds(st) {
+		rebuilds[rb.EventID] = rb
+	}
+	for _, c := range st.GetClusters() {
+		ev := latest[c.GetName()]
+		if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetFromNode() == c.GetPrimary() {
+			continue
+		}
+		old := nodeOf(c, ev.GetFromNode())
+		if old == nil || !hasKeeper(old) {
+			continue
+		}
+		switch ev.GetRejoin().GetStatus() {
+		case regentv1.RejoinStatus_REJOIN_STATUS_UNSPECIFIED:
+			r.record(ev, &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_PENDING,
+				Detail: fmt.Sprintf("waiting for the keeper of %s (%s)", old.GetName(), old.GetKeeperAddr())}, nil)
+		case regentv1.RejoinStatus_REJOIN_STATUS_PENDING, regentv1.RejoinStatus_REJOIN_STATUS_FAILED:
+			r.attempt(c, ev, old)
+		case regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING:
+			if rb, ok := rebuilds[ev.GetId()]; ok {
+				r.follow(st, ev, rb)
+			}
+		}
+	}
+}
+
+// record commits a RECORD_REJOIN for ev with the leader's term; extra sets the loss figures.
+func (r *rejoins) record(ev *regentv1.FailoverEvent, rj *regentv1.Rejoin, extra func(*regentv1.RecordRejoinCommand)) bool {
+	cmd := &regentv1.RecordRejoinCommand{EventId: ev.GetId(), Term: r.a.store.Term(), Rejoin: rj}
+	if extra != nil {
+		extra(cmd)
+	}
+	res, err := r.a.store.Propose(r.ctx, regentv1.CommandType_COMMAND_TYPE_RECORD_REJOIN, cmd, "regent/"+r.a.cfg.NodeName)
+	switch {
+	case err != nil:
+		r.a.logger.Warn("record rejoin", "event", ev.GetId(), "err", err)
+		return false
+	case res.Err != nil:
+		r.a.logger.Error("rejoin record rejected", "event", ev.GetId(), "err", res.Err)
+		return false
+	}
+	return true
+}
+
+// attempt instructs the old primary's keeper to REJOIN, in the background, when no attempt
+// runs and the backoff after the last failure has passed.
+func (r *rejoins) attempt(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old *regentv1.NodeSpec) {
+	id := ev.GetId()
+	r.mu.Lock()
+	due := !r.running[id] && !time.Now().Before(r.next[id])
+	if due {
+		r.running[id] = true
+	}
+	r.mu.Unlock()
+	if !due {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		ok, why, instructed := r.instruct(c, ev, old)
+		r.mu.Lock()
+		delete(r.running, id)
+		backoff := time.Duration(0)
+		switch {
+		case ok:
+			delete(r.failures, id)
+		case !instructed:
+			// The keeper was not asked (it does not answer, or rejoins already): asking
+			// again costs one status call, so keep asking every rejoinBackoffMin.
+			backoff = rejoinBackoffMin
+			r.next[id] = time.Now().Add(backoff)
+		default:
+			r.failures[id]++
+			backoff = min(rejoinBackoffMin<<min(r.failures[id]-1, 10), rejoinBackoffMax)
+			r.next[id] = time.Now().Add(backoff)
+		}
+		r.mu.Unlock()
+		if ok || r.ctx.Err() != nil {
+			return
+		}
+		r.a.logger.Warn("rejoin did not complete; will retry", "cluster", c.GetName(), "node", old.GetName(), "event", id,
+			"why", why, "retry_in", backoff)
+		detail := fmt.Sprintf("%s; retrying in %s", why, backoff.Round(time.Second))
+		if cur := ev.GetRejoin(); cur.GetDetail() != detail {
+			rj := proto.Clone(cur).(*regentv1.Rejoin)
+			rj.Status, rj.Detail = regentv1.RejoinStatus_REJOIN_STATUS_PENDING, detail
+			r.record(ev, rj, nil)
+		}
+	}()
+}
+
+// instruct asks the old primary's keeper for its status, then to REJOIN with the token
+// (leader term, event id) and the cluster's current primary as upstream, and records the
+// keeper's exact figures. It reports whether the rejoin was recorded, else why not, and
+// whether the keeper was instructed at all.
+func (r *rejoins) instruct(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old *regentv1.NodeSpec) (ok bool, why string, instructed bool) {
+	up := nodeOf(c, c.GetPrimary())
+	if up == nil {
+		return false, fmt.Sprintf("the primary %s is not in the cluster's spec", c.GetPrimary()), false
+	}
+	if err := r.a.store.VerifyLeader(r.ctx); err != nil {
+		return false, fmt.Sprintf("not leading: %v", err), false
+	}
+	sctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+	ks, err := keeperStatus(sctx, old)
+	cancel()
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("the keeper of %s does not answer: %v", old.GetName(), err), false
+	case ks.GetRejoining():
+		return false, fmt.Sprintf("the keeper of %s is rejoining already (an earlier instruction)", old.GetName()), false
+	}
+	term := r.a.store.Term()
+	r.a.logger.Info("instructing rejoin", "cluster", c.GetName(), "node", old.GetName(), "upstream", up.GetName(), "term", term, "event", ev.GetId())
+	ictx, cancel := context.WithTimeout(r.ctx, rejoinTimeout)
+	resp, err := instructKeeper(ictx, c, old, regentv1.KeeperAction_KEEPER_ACTION_REJOIN, term, ev.GetId(), up)
+	cancel()
+	switch {
+	case err != nil:
+		return false, fmt.Sprintf("REJOIN refused: %v", err), true
+	case !resp.GetDone():
+		return false, fmt.Sprintf("REJOIN did not complete: %s", resp.GetDetail()), true
+	}
+	rep := resp.GetRejoin()
+	rj := &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING, Method: rep.GetMethod(),
+		Detail: fmt.Sprintf("%s onto %s; streaming, catching up", rep.GetMethod(), up.GetName())}
+	if n := rep.GetError(); n != "" {
+		rj.Detail += "; " + n
+	}
+	recorded := r.record(ev, rj, func(cmd *regentv1.RecordRejoinCommand) {
+		if rep.GetDataLossBytes() >= 0 {
+			cmd.DataLossBytes = proto.Int64(rep.GetDataLossBytes())
+		}
+		if rep.GetLostTransactions() >= 0 && rep.GetDataLossBytes() >= 0 {
+			cmd.LostTransactions = proto.Int64(rep.GetLostTransactions())
+		}
+		cmd.ForkLsn, cmd.FinalLsn = rep.GetForkLsn(), rep.GetFinalLsn()
+	})
+	if !recorded {
+		return false, "the rejoin completed but could not be recorded", true
+	}
+	loss := "unknown"
+	if rep.GetDataLossBytes() >= 0 {
+		loss = fmt.Sprintf("%d bytes, %d transactions", rep.GetDataLossBytes(), rep.GetLostTransactions())
+	}
+	r.a.alerts.Notify(alert.Alert{Kind: "rejoined", Severity: alert.SeverityWarning, Cluster: c.GetName(),
+		Message: fmt.Sprintf("old primary %s of %s rejoined as a standby of %s (%s); data loss of failover %d: %s",
+			old.GetName(), c.GetName(), up.GetName(), rep.GetMethod(), ev.GetId(), loss)})
+	return true, "", true
+}
+
+// follow records a rebuilding node's catch-up (bytes behind, and the rate and ETA the channel
+// figures carry) at most every rejoinProgressGap, and caught up once it is.
+func (r *rejoins) follow(st *regentv1.State, ev *regentv1.FailoverEvent, rb coordinator.Rebuild) {
+	rj := proto.Clone(ev.GetRejoin()).(*regentv1.Rejoin)
+	if rb.CaughtUp {
+		rj.Status, rj.BytesBehind, rj.RateBytesPerSecond, rj.EtaSeconds = regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP, 0, 0, 0
+		rj.Detail = fmt.Sprintf("caught up: within lag_alert_threshold of the primary (%s)", rj.GetMethod())
+		if r.record(ev, rj, nil) {
+			r.a.logger.Info("rejoined node caught up", "cluster", ev.GetCluster(), "node", ev.GetFromNode(), "event", ev.GetId())
+		}
+		return
+	}
+	for _, ch := range st.GetChannels() {
+		if ch.GetCluster() == rb.Cluster && ch.GetPrimaryRegion() == rb.PrimaryRegion && ch.GetSecondaryRegion() == rb.Region {
+			rj.RateBytesPerSecond, rj.EtaSeconds = ch.GetCatchupRateBytesPerSecond(), ch.GetCatchupEtaSeconds()
+		}
+	}
+	rj.BytesBehind = rb.BytesBehind
+	if proto.Equal(rj, ev.GetRejoin()) {
+		return
+	}
+	r.mu.Lock()
+	due := time.Since(r.progress[ev.GetId()]) >= rejoinProgressGap
+	if due {
+		r.progress[ev.GetId()] = time.Now()
+	}
+	r.mu.Unlock()
+	if due {
+		r.record(ev, rj, nil)
+	}
+}
