@@ -1,5 +1,5 @@
 // Package cli implements the operator's client commands of the regent binary (status, members,
-// cluster, channels, events, watch, failover, switchover, pause, resume): it parses their flags, calls a
+// cluster, channels, events, watch, failover, switchover, rejoin, pause, resume): it parses their flags, calls a
 // witness's gRPC API and prints the answer as a table for people or as protojson for scripts.
 //
 // Failover commands. `regent failover --cluster C` asks the leader to start a manual failover,
@@ -12,6 +12,10 @@
 // bounds how long it waits for the target to catch up (default: the policy's
 // switchover_timeout; past it the switchover aborts and the old primary takes writes again),
 // and --wait follows it to completed or aborted (exit 1) and prints the measured data loss.
+// `regent rejoin --cluster C` shows how the old primary of the cluster's latest failover is
+// coming back as a standby (status, method, the exact data loss with its fork and final LSNs,
+// the lost transactions); --watch follows its catch-up with a progress bar (bytes behind, rate,
+// ETA) until it is caught up, or failed (exit 1).
 //
 // Output. `regent events` prints one block per failover event: the trigger, each committed
 // step with its time (the first as a clock time, the others as offsets from it), the fence
@@ -112,6 +116,9 @@ var commands = []command{
 	{Command{"switchover", []string{"switchover --cluster C --to NODE [--timeout D] [--wait] [--reason TEXT]"},
 		"planned, zero-loss change of primary to a streaming standby; the old one follows it"},
 		(*runner).switchover, nil},
+	{Command{"rejoin", []string{"rejoin --cluster C [--watch]"},
+		"the old primary's return as a standby: status, exact data loss, lost transactions; --watch a progress bar"},
+		(*runner).rejoin, nil},
 	{Command{"pause", []string{"pause --cluster C [--reason TEXT]"},
 		"stop automatic failover of a cluster until resumed"},
 		(*runner).pause, nil},
