@@ -34,6 +34,8 @@ func sampleEntries() []entry {
 			OldPrimaryLsn: 100, EstimatedLossBytes: 10}),
 		advanceCmd(&regentv1.AdvanceFailoverCommand{EventId: 1, Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED, Term: 3, FenceMethod: "sql",
 			DataLossBytes: proto.Int64(10), Note: "fenced over sql"}),
+		rejoinCmd(&regentv1.RecordRejoinCommand{EventId: 1, Term: 3, Rejoin: &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING,
+			Method: "rewind"}, DataLossBytes: proto.Int64(56056), LostTransactions: proto.Int64(25), ForkLsn: 0x402E830, FinalLsn: 0x403C328}),
 	}
 }
 

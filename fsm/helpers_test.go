@@ -204,6 +204,8 @@ func genLog(r *rand.Rand, n int) []entry {
 		at = at.Add(time.Duration(r.IntN(5000)) * time.Millisecond)
 		var e entry
 		switch k := r.IntN(18); {
+		case k >= 16 && r.IntN(4) == 0:
+			e = sagas.rejoin(r)
 		case k >= 16:
 			e = sagas.advance(r)
 		case k == 15:
@@ -339,6 +341,35 @@ func (m *sagaModel) advance(r *rand.Rand) entry {
 		c.PublishError = "timeout"
 	}
 	return advanceCmd(c)
+}
+
+// rejoin generates a RECORD_REJOIN, mostly for a completed event, now and then malformed,
+// stale or for an event that is still open or unknown.
+func (m *sagaModel) rejoin(r *rand.Rand) entry {
+	st, _ := m.oracle.State()
+	c := &regentv1.RecordRejoinCommand{EventId: uint64(r.IntN(int(st.GetNextEventId())+2)) + 1, Term: m.term,
+		Rejoin: &regentv1.Rejoin{Status: regentv1.RejoinStatus(r.IntN(6)), Method: []string{"", "rewind", "reclone"}[r.IntN(3)],
+			BytesBehind: uint64(r.IntN(1 << 20)), RateBytesPerSecond: float64(r.IntN(1000)), Detail: "d"}}
+	var done []*regentv1.FailoverEvent
+	for _, ev := range st.GetFailoverEvents() {
+		if ev.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
+			done = append(done, ev)
+		}
+	}
+	if len(done) > 0 && r.IntN(4) > 0 {
+		c.EventId = done[r.IntN(len(done))].GetId()
+	}
+	if r.IntN(10) == 0 {
+		c.Term = m.term - 1
+	}
+	if r.IntN(3) == 0 {
+		c.DataLossBytes, c.LostTransactions = proto.Int64(int64(r.IntN(5000))-10), proto.Int64(int64(r.IntN(30))-1)
+		c.ForkLsn, c.FinalLsn = uint64(r.IntN(8))<<20, uint64(r.IntN(8))<<20
+	}
+	if r.IntN(20) == 0 {
+		c.Rejoin = nil
+	}
+	return rejoinCmd(c)
 }
 
 // genObservations generates a RECORD_OBSERVATIONS command: votes and node facts for names
