@@ -105,6 +105,11 @@ func TestRejoinAfterKill9(t *testing.T) {
 	// rebuilding, then active.
 	never := watchNeverWritable(t, us.pg)
 	chans := watchChannel(t, r, regionOf(r, nu.name), regionOf(r, "pg-us"))
+	// While the keeper is down the leader keeps asking, and says so on the event.
+	witnesstest.Eventually(t, wait, "the rejoin pending: pg-us's keeper does not answer", func() bool {
+		rj := r.failover().GetRejoin()
+		return rj.GetStatus() == regentv1.RejoinStatus_REJOIN_STATUS_PENDING && strings.Contains(rj.GetDetail(), "does not answer")
+	})
 	r.startKeeper(us)
 	var done *regentv1.FailoverEvent
 	witnesstest.Eventually(t, 2*wait, "pg-us rejoined and caught up, its channel active", func() bool {
