@@ -92,11 +92,14 @@ func (k *Keeper) leftForRejoin() (bool, string) {
 
 // doRejoin brings this old primary back as a standby of upstream (see DESIGN.md, "Rejoin");
 // actMu is held and the token recorded. An equal token repeated after success answers the
-// recorded result without redoing anything. A rejoin interrupted after it changed the data
+// recorded result without redoing anything, and so does a newer leader's token for the same
+// event while the server is still the standby that rejoin configured (a leader elected after
+// the rejoin, before it was recorded, must not rewind it again: the loss could no longer be
+// measured). A rejoin interrupted after it changed the data
 // directory (the keeper was killed) resumes: it does not measure again — the measurement
 // saved before the rewind is reported, or the loss is unknown (-1) when none was saved.
 func (k *Keeper) doRejoin(ctx context.Context, tok Token, host string, port uint16) (bool, string, error) {
-	if st := k.state.Get(); st.Rejoin != "" && st.RejoinToken == tok {
+	if st := k.state.Get(); st.Rejoin != "" && (st.RejoinToken == tok || st.RejoinToken.Event == tok.Event && k.pg.StandbyConfigured()) {
 		return true, st.Rejoin, nil
 	}
 	if host == "" || port == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -161,6 +162,21 @@ func TestRejoinAfterFailover(t *testing.T) {
 	// An older token is refused.
 	if _, err := kc.Instruct(ctx, rejoinReq(1, 9)); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "term 1, event 9") {
 		t.Errorf("stale REJOIN (1,9): %v, want FailedPrecondition", err)
+	}
+	// A newer leader's token for the same event (the rejoin done, not yet recorded when the
+	// leader changed): the recorded answer, the standby left running.
+	pid := func() string {
+		b, _ := os.ReadFile(filepath.Join(old.DataDir, "postmaster.pid"))
+		first, _, _ := strings.Cut(string(b), "\n")
+		return first
+	}
+	before := pid()
+	if next, err := kc.Instruct(ctx, rejoinReq(3, 1)); err != nil || !next.GetDone() || next.GetDetail() != resp.GetDetail() ||
+		next.GetRejoin().GetToken().GetTerm() != 3 || next.GetRejoin().GetLostTransactions() != lostRows {
+		t.Errorf("REJOIN (3,1) after (2,1): %v %v; want the first answer %q", next, err, resp.GetDetail())
+	}
+	if after := pid(); before == "" || after != before {
+		t.Errorf("REJOIN (3,1) restarted the standby: postmaster %q, then %q", before, after)
 	}
 	st := k.Status(ctx, true)
 	if st.LastRejoin != resp.GetDetail() || st.LastRejoinToken != (Token{Term: 2, Event: 1}) || !st.InRecovery || st.Fenced {
