@@ -25,8 +25,9 @@ const (
 )
 
 // rejoins is the leader's rejoin work in one leader session: bringing the old primary of each
-// cluster's latest completed failover back as a standby through its keeper, and following its
-// catch-up until it is within lag_alert_threshold (see DESIGN.md, "Rejoin").
+// completed failover (coordinator.RejoinEvents: normally the cluster's latest) back as a
+// standby through its keeper, and following its catch-up until it is within
+// lag_alert_threshold (see DESIGN.md, "Rejoin is the leader's").
 type rejoins struct {
 	a   *Agent
 	ctx context.Context
@@ -57,35 +58,34 @@ func (a *Agent) rejoinAsLeader(ctx context.Context) {
 	}
 }
 
-// latestEvents returns each cluster's failover event with the highest id.
-func latestEvents(st *regentv1.State) map[string]*regentv1.FailoverEvent {
-	out := map[string]*regentv1.FailoverEvent{}
-	for _, ev := range st.GetFailoverEvents() { // sorted by id
-		out[ev.GetCluster()] = ev
-	}
-	return out
-}
-
-// step looks at every cluster once: records a pending rejoin after a completed failover whose
-// old primary has a keeper, starts an attempt when one is due, and records the catch-up of
-// rebuilding ones.
+// step looks at the old primary of every event the rejoin flow owns
+// (coordinator.RejoinEvents) once: records a pending rejoin when it has a keeper, starts an
+// attempt when one is due, and records the catch-up of rebuilding ones.
 func (r *rejoins) step(st *regentv1.State) {
-	latest := latestEvents(st)
+	clusters := map[string]*regentv1.Cluster{}
+	for _, c := range st.GetClusters() {
+		clusters[c.GetName()] = c
+	}
 	rebuilds := map[uint64]coordinator.Rebuild{}
 	for _, rb := range coordinator.Rebuilds(st) {
 		rebuilds[rb.EventID] = rb
 	}
-	for _, c := range st.GetClusters() {
-		ev := latest[c.GetName()]
-		if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetFromNode() == c.GetPrimary() {
-			continue
-		}
+	for _, ev := range coordinator.RejoinEvents(st) {
+		c := clusters[ev.GetCluster()]
 		old := nodeOf(c, ev.GetFromNode())
 		if old == nil || !hasKeeper(old) {
 			continue
 		}
 		switch ev.GetRejoin().GetStatus() {
 		case regentv1.RejoinStatus_REJOIN_STATUS_UNSPECIFIED:
+			if coordinator.Streaming(c, old.GetName(), true) {
+				// Already a standby of the primary (rejoined by hand, before it had a keeper):
+				// a REJOIN would only restart it, and its old WAL is gone.
+				r.record(ev, &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP, Method: "external",
+					Detail: fmt.Sprintf("%s already streamed from %s when the leader looked: rejoined outside regent; the data loss stays the estimate",
+						old.GetName(), c.GetPrimary())}, nil)
+				continue
+			}
 			r.record(ev, &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_PENDING,
 				Detail: fmt.Sprintf("waiting for the keeper of %s (%s)", old.GetName(), old.GetKeeperAddr())}, nil)
 		case regentv1.RejoinStatus_REJOIN_STATUS_PENDING, regentv1.RejoinStatus_REJOIN_STATUS_FAILED:

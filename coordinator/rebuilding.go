@@ -33,26 +33,67 @@ type Rebuild struct {
 	CaughtUp bool
 }
 
-// Rebuilds lists, from the committed state, every old primary whose rejoin is rebuilding: the
-// rejoin of its cluster's latest failover event, when that event completed and the node is not
-// the cluster's primary. Rate and ETA are left 0 (see RebuildTracker).
+// RejoinEvents lists, in id order, the failover events whose old primary the rejoin flow
+// owns: in each cluster with no failover running, the newest completed event of each old
+// primary that is neither the cluster's primary now nor was promoted by a later event (then it
+// came back some other way). Normally that is the cluster's latest event; a second failover
+// before the first old primary rejoined leaves two.
+func RejoinEvents(st *regentv1.State) []*regentv1.FailoverEvent {
+	type key struct{ cluster, node string }
+	open := map[string]bool{}
+	newest := map[key]*regentv1.FailoverEvent{}
+	for _, ev := range st.GetFailoverEvents() { // sorted by id
+		switch ev.GetStep() {
+		case regentv1.FailoverStep_FAILOVER_STEP_COMPLETED:
+			newest[key{ev.GetCluster(), ev.GetFromNode()}] = ev
+			delete(newest, key{ev.GetCluster(), ev.GetToNode()})
+		case regentv1.FailoverStep_FAILOVER_STEP_ABORTED:
+		default:
+			open[ev.GetCluster()] = true
+		}
+	}
+	var out []*regentv1.FailoverEvent
+	for _, ev := range st.GetFailoverEvents() {
+		if newest[key{ev.GetCluster(), ev.GetFromNode()}] != ev || open[ev.GetCluster()] {
+			continue
+		}
+		for _, c := range st.GetClusters() {
+			if c.GetName() == ev.GetCluster() && c.GetPrimary() != ev.GetFromNode() {
+				out = append(out, ev)
+			}
+		}
+	}
+	return out
+}
+
+// Streaming reports whether node of c streams WAL on its primary's timeline, as the committed
+// facts say: a standby of the current primary (facts from its days as a primary do not count).
+// With strict the primary's timeline must be known.
+func Streaming(c *regentv1.Cluster, node string, strict bool) bool {
+	ns, prim := nodeStatus(c, node), nodeStatus(c, c.GetPrimary())
+	if prim.GetTimeline() == 0 {
+		return !strict && ns.GetWalReceiverStatus() == "streaming"
+	}
+	return ns.GetWalReceiverStatus() == "streaming" && ns.GetTimeline() == prim.GetTimeline()
+}
+
+// Rebuilds lists, from the committed state, every old primary whose rejoin is rebuilding (among
+// RejoinEvents). Rate and ETA are left 0 (see RebuildTracker).
 func Rebuilds(st *regentv1.State) []Rebuild {
-	latest := map[string]*regentv1.FailoverEvent{}
-	for _, ev := range st.GetFailoverEvents() { // sorted by id: the last one wins
-		latest[ev.GetCluster()] = ev
+	clusters := map[string]*regentv1.Cluster{}
+	for _, c := range st.GetClusters() {
+		clusters[c.GetName()] = c
 	}
 	var out []Rebuild
-	for _, c := range st.GetClusters() {
-		ev := latest[c.GetName()]
-		if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED ||
-			ev.GetRejoin().GetStatus() != regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING || ev.GetFromNode() == c.GetPrimary() {
+	for _, ev := range RejoinEvents(st) {
+		c := clusters[ev.GetCluster()]
+		if ev.GetRejoin().GetStatus() != regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING {
 			continue
 		}
 		rb := Rebuild{Cluster: c.GetName(), Node: ev.GetFromNode(), EventID: ev.GetId(),
 			PrimaryRegion: specRegion(c, c.GetPrimary()), Region: specRegion(c, ev.GetFromNode())}
 		old, prim := nodeStatus(c, ev.GetFromNode()), nodeStatus(c, c.GetPrimary())
-		rb.Streaming = old.GetWalReceiverStatus() == "streaming" &&
-			(prim.GetTimeline() == 0 || old.GetTimeline() == prim.GetTimeline())
+		rb.Streaming = Streaming(c, ev.GetFromNode(), false)
 		if rb.Streaming && prim.GetCurrentLsn() > old.GetReplayLsn() {
 			rb.BytesBehind = prim.GetCurrentLsn() - old.GetReplayLsn()
 		}

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -244,5 +245,73 @@ func TestRebuildingCommitCycle(t *testing.T) {
 	}
 	if ch := chanOf(c.state().Channels, "orders", "eu-west", "us-east"); ch.GetStatus() != chActive || ch.GetCatchupEtaSeconds() != 0 {
 		t.Errorf("channel after the rejoin = %v, want active without catch-up figures", ch)
+	}
+}
+
+func TestRejoinEvents(t *testing.T) {
+	done, aborted, open := regentv1.FailoverStep_FAILOVER_STEP_COMPLETED, regentv1.FailoverStep_FAILOVER_STEP_ABORTED,
+		regentv1.FailoverStep_FAILOVER_STEP_PROMOTED
+	ev := func(id uint64, cluster, from, to string, step regentv1.FailoverStep) *regentv1.FailoverEvent {
+		return &regentv1.FailoverEvent{Id: id, Cluster: cluster, FromNode: from, ToNode: to, Step: step}
+	}
+	tests := []struct {
+		name    string
+		primary string
+		events  []*regentv1.FailoverEvent
+		want    []uint64
+	}{
+		{"one failover", "n2", []*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done)}, []uint64{1}},
+		{"a second failover before the first old primary rejoined", "n3",
+			[]*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done), ev(2, "orders", "n2", "n3", done)}, []uint64{1, 2}},
+		{"the old primary promoted again later", "n1",
+			[]*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done), ev(2, "orders", "n2", "n1", done)}, []uint64{2}},
+		{"promoted again, then failed over again", "n3", []*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done),
+			ev(2, "orders", "n2", "n1", done), ev(3, "orders", "n1", "n3", done)}, []uint64{2, 3}},
+		{"a failover running", "n2", []*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done), ev(2, "orders", "n2", "n3", open)}, nil},
+		{"an aborted one after", "n2", []*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done), ev(2, "orders", "n2", "n3", aborted)}, []uint64{1}},
+		{"the old primary is the primary (set by hand)", "n1", []*regentv1.FailoverEvent{ev(1, "orders", "n1", "n2", done)}, nil},
+		{"another cluster's events, and a deleted cluster's", "n2", []*regentv1.FailoverEvent{ev(1, "billing", "b1", "b2", open),
+			ev(2, "orders", "n1", "n2", done), ev(3, "gone", "g1", "g2", done)}, []uint64{2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := ordersState()
+			st.Clusters[0].Primary = tt.primary
+			st.Clusters = append(st.Clusters, &regentv1.Cluster{Name: "billing", Primary: "b1"})
+			st.FailoverEvents = tt.events
+			var got []uint64
+			for _, e := range RejoinEvents(st) {
+				got = append(got, e.GetId())
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("RejoinEvents = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestStreaming(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		receiver      string
+		tli, primTLI  uint32
+		strict, loose bool
+	}{
+		{"on the primary's timeline", "streaming", 2, 2, true, true},
+		{"on an older timeline", "streaming", 1, 2, false, false},
+		{"not streaming", "waiting", 2, 2, false, false},
+		{"the primary's timeline unknown", "streaming", 2, 0, false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			st := rejoiningState()
+			statusOf(st, "orders", "n1").WalReceiverStatus, statusOf(st, "orders", "n1").Timeline = tt.receiver, tt.tli
+			statusOf(st, "orders", "n2").Timeline = tt.primTLI
+			if got := Streaming(st.Clusters[0], "n1", true); got != tt.strict {
+				t.Errorf("strict: %v, want %v", got, tt.strict)
+			}
+			if got := Streaming(st.Clusters[0], "n1", false); got != tt.loose {
+				t.Errorf("loose: %v, want %v", got, tt.loose)
+			}
+		})
 	}
 }
