@@ -33,6 +33,9 @@ type leaseStore struct {
 	path    string
 	revoked map[string]uint64 // cluster → highest revoked epoch (every epoch up to it is revoked)
 	granted map[grantKey]time.Time
+	// early holds the revocations the leader's fence step started alongside its fence
+	// methods, by failover event id, for RevokeLease to take up (world.go).
+	early map[uint64]*revocation
 }
 
 // grantKey names one lease epoch of one cluster.
@@ -42,7 +45,8 @@ type grantKey struct {
 }
 
 func openLeaseStore(dir string) (*leaseStore, error) {
-	s := &leaseStore{path: filepath.Join(dir, "leases.json"), revoked: map[string]uint64{}, granted: map[grantKey]time.Time{}}
+	s := &leaseStore{path: filepath.Join(dir, "leases.json"), revoked: map[string]uint64{}, granted: map[grantKey]time.Time{},
+		early: map[uint64]*revocation{}}
 	b, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -238,4 +242,44 @@ func (a *Agent) revokeAtMajority(ctx context.Context, c *regentv1.Cluster, ev *r
 		}
 	}
 	return nil, fmt.Errorf("revoke lease epoch %d of %s: only %d of %d witnesses acknowledged: %w", req.GetEpoch(), c.GetName(), len(got), len(members), errors.Join(errs...))
+}
+
+// revocation is a revocation of one lease epoch at a majority, run in the background.
+type revocation struct {
+	epoch uint64
+	done  chan struct{} // closed when acks and err are set
+	acks  []fencing.RevocationAck
+	err   error
+}
+
+// earlyRevokeTimeout bounds a background revocation; past it RevokeLease revokes afresh.
+const earlyRevokeTimeout = 30 * time.Second
+
+// startRevocation revokes the cluster's current lease epoch at a majority in the background
+// for failover event ev, and keeps it for takeRevocation.
+func (a *Agent) startRevocation(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) *revocation {
+	r := &revocation{epoch: c.GetLeaseEpoch(), done: make(chan struct{})}
+	a.leases.mu.Lock()
+	a.leases.early[ev.GetId()] = r
+	a.leases.mu.Unlock()
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, earlyRevokeTimeout)
+		defer cancel()
+		r.acks, r.err = a.revokeAtMajority(rctx, c, ev)
+		close(r.done)
+	}()
+	return r
+}
+
+// takeRevocation removes and returns the background revocation of event id, if it revoked
+// epoch (nil otherwise).
+func (a *Agent) takeRevocation(id, epoch uint64) *revocation {
+	a.leases.mu.Lock()
+	defer a.leases.mu.Unlock()
+	r := a.leases.early[id]
+	delete(a.leases.early, id)
+	if r == nil || r.epoch != epoch {
+		return nil
+	}
+	return r
 }

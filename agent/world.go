@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/regentdb/regent/alert"
@@ -43,6 +44,51 @@ func (w world) Fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fail
 	if old == nil {
 		return coordinator.FenceOutcome{Notes: []string{"old primary " + ev.GetFromNode() + " is not in the spec"}}
 	}
+	// An automatic failover that may fall back to the lease revokes it at once, alongside the
+	// fence methods, and stops trying them once the old lease has surely run out: the wait
+	// counts from the revokers' last grants, so for a host cut off without a trace (connections
+	// that neither answer nor fail) the lease is over about lease_ttl after the cut, long before
+	// a keeper call and an SQL fence have timed out one after the other. RevokeLease takes this
+	// revocation up. (A manual failover of a live primary, or fence_fallback refuse, must not
+	// lose the old primary its lease unless a fence confirms: no early revocation there.)
+	mctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var lapsed atomic.Bool
+	if !ev.GetManual() && pol.GetFenceFallback() == spec.FallbackWait {
+		rev := w.a.startRevocation(ctx, c, ev)
+		ttl := time.Duration(pol.GetLeaseTtlMs()) * time.Millisecond
+		go func() {
+			select {
+			case <-rev.done:
+			case <-mctx.Done():
+				return
+			}
+			if rev.err != nil {
+				return
+			}
+			t := time.NewTimer(time.Until(fencing.RevocationSafeAfterGrants(rev.acks, ttl, fencing.DefaultDrift)))
+			defer t.Stop()
+			select {
+			case <-t.C:
+				lapsed.Store(true)
+				stop()
+			case <-mctx.Done():
+			}
+		}()
+	}
+	out := w.fence(mctx, c, ev, old, pol)
+	if out.Method != "" {
+		w.a.takeRevocation(ev.GetId(), c.GetLeaseEpoch()) // not needed: a fence confirmed
+	}
+	if lapsed.Load() && out.Method == "" {
+		out.Notes = append(out.Notes, "stopped trying: the old lease had run out (revoked at a majority at once)")
+	}
+	return out
+}
+
+// fence tries the old primary's keeper, then the policy's methods, until one confirms or ctx
+// ends.
+func (w world) fence(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent, old *regentv1.NodeSpec, pol *regentv1.Policy) coordinator.FenceOutcome {
 	var keeperNote string
 	if hasKeeper(old) {
 		ok, note := w.fenceByKeeper(ctx, c, old, ev, pol)
@@ -124,6 +170,17 @@ func (w world) Repoint(ctx context.Context, c *regentv1.Cluster, standby, primar
 // (1 + drift) surely covers the old lease (no later than the last acknowledgement, and earlier
 // by about as long as the revokers had stopped granting).
 func (w world) RevokeLease(ctx context.Context, c *regentv1.Cluster, ev *regentv1.FailoverEvent) (time.Time, error) {
+	if rev := w.a.takeRevocation(ev.GetId(), c.GetLeaseEpoch()); rev != nil {
+		// Started by Fence; a failed one is done again here.
+		select {
+		case <-rev.done:
+			if rev.err == nil {
+				return fencing.GrantBound(rev.acks, fencing.DefaultDrift), nil
+			}
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
 	acks, err := w.a.revokeAtMajority(ctx, c, ev)
 	if err != nil {
 		return time.Time{}, err
