@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -29,9 +30,13 @@ const (
 // standby through its keeper, and following its catch-up until it is within
 // lag_alert_threshold (see DESIGN.md, "Rejoin is the leader's").
 type rejoins struct {
-	a   *Agent
-	ctx context.Context
-	wg  sync.WaitGroup
+	leader  coordinator.Leader
+	keepers keeperAPI
+	alerts  interface{ Notify(alert.Alert) }
+	log     *slog.Logger
+	now     func() time.Time
+	ctx     context.Context
+	wg      sync.WaitGroup
 
 	mu       sync.Mutex
 	running  map[uint64]bool      // event → an attempt runs
@@ -40,10 +45,34 @@ type rejoins struct {
 	progress map[uint64]time.Time // event → last progress record
 }
 
+// keeperAPI is how the leader reaches keepers (keeperClient; fakes in tests).
+type keeperAPI interface {
+	Status(ctx context.Context, n *regentv1.NodeSpec) (*regentv1.KeeperStatusResponse, error)
+	Instruct(ctx context.Context, c *regentv1.Cluster, n *regentv1.NodeSpec, action regentv1.KeeperAction,
+		term, eventID uint64, upstream *regentv1.NodeSpec) (*regentv1.InstructResponse, error)
+}
+
+// keeperClient is keeperAPI over gRPC to each node's keeper_addr.
+type keeperClient struct{}
+
+func (keeperClient) Status(ctx context.Context, n *regentv1.NodeSpec) (*regentv1.KeeperStatusResponse, error) {
+	return keeperStatus(ctx, n)
+}
+
+func (keeperClient) Instruct(ctx context.Context, c *regentv1.Cluster, n *regentv1.NodeSpec, action regentv1.KeeperAction,
+	term, eventID uint64, upstream *regentv1.NodeSpec) (*regentv1.InstructResponse, error) {
+	return instructKeeper(ctx, c, n, action, term, eventID, upstream)
+}
+
+func newRejoins(ctx context.Context, leader coordinator.Leader, keepers keeperAPI, alerts interface{ Notify(alert.Alert) },
+	log *slog.Logger) *rejoins {
+	return &rejoins{leader: leader, keepers: keepers, alerts: alerts, log: log, now: time.Now, ctx: ctx,
+		running: map[uint64]bool{}, failures: map[uint64]int{}, next: map[uint64]time.Time{}, progress: map[uint64]time.Time{}}
+}
+
 // rejoinAsLeader runs until ctx (the leader session) ends.
 func (a *Agent) rejoinAsLeader(ctx context.Context) {
-	r := &rejoins{a: a, ctx: ctx, running: map[uint64]bool{}, failures: map[uint64]int{},
-		next: map[uint64]time.Time{}, progress: map[uint64]time.Time{}}
+	r := newRejoins(ctx, leaderAdapter{a}, keeperClient{}, a.alerts, a.logger)
 	defer r.wg.Wait()
 	tick := time.NewTicker(rejoinEvery)
 	defer tick.Stop()
@@ -53,8 +82,7 @@ func (a *Agent) rejoinAsLeader(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		st, _ := a.fsm.State()
-		r.step(st)
+		r.step(r.leader.State())
 	}
 }
 
@@ -100,17 +128,17 @@ func (r *rejoins) step(st *regentv1.State) {
 
 // record commits a RECORD_REJOIN for ev with the leader's term; extra sets the loss figures.
 func (r *rejoins) record(ev *regentv1.FailoverEvent, rj *regentv1.Rejoin, extra func(*regentv1.RecordRejoinCommand)) bool {
-	cmd := &regentv1.RecordRejoinCommand{EventId: ev.GetId(), Term: r.a.store.Term(), Rejoin: rj}
+	cmd := &regentv1.RecordRejoinCommand{EventId: ev.GetId(), Term: r.leader.Term(), Rejoin: rj}
 	if extra != nil {
 		extra(cmd)
 	}
-	res, err := r.a.store.Propose(r.ctx, regentv1.CommandType_COMMAND_TYPE_RECORD_REJOIN, cmd, "regent/"+r.a.cfg.NodeName)
+	res, err := r.leader.Propose(r.ctx, regentv1.CommandType_COMMAND_TYPE_RECORD_REJOIN, cmd)
 	switch {
 	case err != nil:
-		r.a.logger.Warn("record rejoin", "event", ev.GetId(), "err", err)
+		r.log.Warn("record rejoin", "event", ev.GetId(), "err", err)
 		return false
 	case res.Err != nil:
-		r.a.logger.Error("rejoin record rejected", "event", ev.GetId(), "err", res.Err)
+		r.log.Error("rejoin record rejected", "event", ev.GetId(), "err", res.Err)
 		return false
 	}
 	return true
@@ -121,7 +149,7 @@ func (r *rejoins) record(ev *regentv1.FailoverEvent, rj *regentv1.Rejoin, extra 
 func (r *rejoins) attempt(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old *regentv1.NodeSpec) {
 	id := ev.GetId()
 	r.mu.Lock()
-	due := !r.running[id] && !time.Now().Before(r.next[id])
+	due := !r.running[id] && !r.now().Before(r.next[id])
 	if due {
 		r.running[id] = true
 	}
@@ -143,17 +171,17 @@ func (r *rejoins) attempt(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old *
 			// The keeper was not asked (it does not answer, or rejoins already): asking
 			// again costs one status call, so keep asking every rejoinBackoffMin.
 			backoff = rejoinBackoffMin
-			r.next[id] = time.Now().Add(backoff)
+			r.next[id] = r.now().Add(backoff)
 		default:
 			r.failures[id]++
 			backoff = min(rejoinBackoffMin<<min(r.failures[id]-1, 10), rejoinBackoffMax)
-			r.next[id] = time.Now().Add(backoff)
+			r.next[id] = r.now().Add(backoff)
 		}
 		r.mu.Unlock()
 		if ok || r.ctx.Err() != nil {
 			return
 		}
-		r.a.logger.Warn("rejoin did not complete; will retry", "cluster", c.GetName(), "node", old.GetName(), "event", id,
+		r.log.Warn("rejoin did not complete; will retry", "cluster", c.GetName(), "node", old.GetName(), "event", id,
 			"why", why, "retry_in", backoff)
 		detail := fmt.Sprintf("%s; retrying in %s", why, backoff.Round(time.Second))
 		if cur := ev.GetRejoin(); cur.GetDetail() != detail {
@@ -173,11 +201,11 @@ func (r *rejoins) instruct(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old 
 	if up == nil {
 		return false, fmt.Sprintf("the primary %s is not in the cluster's spec", c.GetPrimary()), false
 	}
-	if err := r.a.store.VerifyLeader(r.ctx); err != nil {
+	if err := r.leader.VerifyLeader(r.ctx); err != nil {
 		return false, fmt.Sprintf("not leading: %v", err), false
 	}
 	sctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
-	ks, err := keeperStatus(sctx, old)
+	ks, err := r.keepers.Status(sctx, old)
 	cancel()
 	switch {
 	case err != nil:
@@ -185,10 +213,10 @@ func (r *rejoins) instruct(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old 
 	case ks.GetRejoining():
 		return false, fmt.Sprintf("the keeper of %s is rejoining already (an earlier instruction)", old.GetName()), false
 	}
-	term := r.a.store.Term()
-	r.a.logger.Info("instructing rejoin", "cluster", c.GetName(), "node", old.GetName(), "upstream", up.GetName(), "term", term, "event", ev.GetId())
+	term := r.leader.Term()
+	r.log.Info("instructing rejoin", "cluster", c.GetName(), "node", old.GetName(), "upstream", up.GetName(), "term", term, "event", ev.GetId())
 	ictx, cancel := context.WithTimeout(r.ctx, rejoinTimeout)
-	resp, err := instructKeeper(ictx, c, old, regentv1.KeeperAction_KEEPER_ACTION_REJOIN, term, ev.GetId(), up)
+	resp, err := r.keepers.Instruct(ictx, c, old, regentv1.KeeperAction_KEEPER_ACTION_REJOIN, term, ev.GetId(), up)
 	cancel()
 	switch {
 	case err != nil:
@@ -218,7 +246,7 @@ func (r *rejoins) instruct(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old 
 	if rep.GetDataLossBytes() >= 0 {
 		loss = fmt.Sprintf("%d bytes, %d transactions", rep.GetDataLossBytes(), rep.GetLostTransactions())
 	}
-	r.a.alerts.Notify(alert.Alert{Kind: "rejoined", Severity: alert.SeverityWarning, Cluster: c.GetName(),
+	r.alerts.Notify(alert.Alert{Kind: "rejoined", Severity: alert.SeverityWarning, Cluster: c.GetName(),
 		Message: fmt.Sprintf("old primary %s of %s rejoined as a standby of %s (%s); data loss of failover %d: %s",
 			old.GetName(), c.GetName(), up.GetName(), rep.GetMethod(), ev.GetId(), loss)})
 	return true, "", true
@@ -232,7 +260,7 @@ func (r *rejoins) follow(st *regentv1.State, ev *regentv1.FailoverEvent, rb coor
 		rj.Status, rj.BytesBehind, rj.RateBytesPerSecond, rj.EtaSeconds = regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP, 0, 0, 0
 		rj.Detail = fmt.Sprintf("caught up: within lag_alert_threshold of the primary (%s)", rj.GetMethod())
 		if r.record(ev, rj, nil) {
-			r.a.logger.Info("rejoined node caught up", "cluster", ev.GetCluster(), "node", ev.GetFromNode(), "event", ev.GetId())
+			r.log.Info("rejoined node caught up", "cluster", ev.GetCluster(), "node", ev.GetFromNode(), "event", ev.GetId())
 		}
 		return
 	}
@@ -246,9 +274,9 @@ func (r *rejoins) follow(st *regentv1.State, ev *regentv1.FailoverEvent, rb coor
 		return
 	}
 	r.mu.Lock()
-	due := time.Since(r.progress[ev.GetId()]) >= rejoinProgressGap
+	due := r.now().Sub(r.progress[ev.GetId()]) >= rejoinProgressGap
 	if due {
-		r.progress[ev.GetId()] = time.Now()
+		r.progress[ev.GetId()] = r.now()
 	}
 	r.mu.Unlock()
 	if due {
