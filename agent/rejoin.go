@@ -225,6 +225,11 @@ func (r *rejoins) instruct(c *regentv1.Cluster, ev *regentv1.FailoverEvent, old 
 		return false, fmt.Sprintf("REJOIN did not complete: %s", resp.GetDetail()), true
 	}
 	rep := resp.GetRejoin()
+	if rep == nil {
+		// A keeper that predates RejoinReport: done, but no figures to trust.
+		rep = &regentv1.RejoinReport{Ok: true, DataLossBytes: -1, LostTransactions: -1,
+			Error: "the keeper sent no rejoin report (an older keeper?); its detail: " + resp.GetDetail()}
+	}
 	rj := &regentv1.Rejoin{Status: regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING, Method: rep.GetMethod(),
 		Detail: fmt.Sprintf("%s onto %s; streaming, catching up", rep.GetMethod(), up.GetName())}
 	if n := rep.GetError(); n != "" {

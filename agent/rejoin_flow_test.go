@@ -271,6 +271,20 @@ func TestRejoinFlow(t *testing.T) {
 	}
 }
 
+// A keeper that answers done without a RejoinReport (an older keeper): rebuilding, the loss
+// left the estimate, the keeper's detail kept.
+func TestRejoinFlowWithoutReport(t *testing.T) {
+	rr := newRejoinRig(t)
+	rr.keepers.resp = &regentv1.InstructResponse{Done: true, Detail: `{"method":"rewind"}`}
+	rr.step() // pending
+	rr.step() // instructed
+	ev := rr.event()
+	if rj := ev.GetRejoin(); rj.GetStatus() != regentv1.RejoinStatus_REJOIN_STATUS_REBUILDING || ev.GetDataLossExact() ||
+		ev.GetDataLossBytes() != 900 || ev.LostTransactions != nil || !strings.Contains(rj.GetDetail(), `its detail: {"method":"rewind"}`) {
+		t.Fatalf("event = %v", ev)
+	}
+}
+
 // An old primary already streaming from the primary (rejoined by hand before it had a keeper)
 // is recorded caught up, method external, and never instructed.
 func TestRejoinFlowExternal(t *testing.T) {
