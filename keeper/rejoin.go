@@ -215,9 +215,11 @@ func (k *Keeper) rejoinMeasure(ctx context.Context, l rejoin.Local, up pgconnect
 	if saved := k.state.Get().RejoinPartial; saved != "" {
 		var r RejoinResult
 		if err := json.Unmarshal([]byte(saved), &r); err == nil {
-			r.Resumed = true
-			r.Note = "resumed an interrupted rejoin; the figures were measured before its rewind"
-			k.log.Warn("rejoin: resuming; using the loss measured before the interruption", "result", saved)
+			if started, _ := k.rejoinStarted(); started {
+				r.Resumed = true
+				r.Note = "resumed an interrupted rejoin; the figures were measured before its rewind"
+			}
+			k.log.Warn("rejoin: using the loss measured by an earlier attempt", "result", saved)
 			return r, nil
 		}
 		k.log.Error("rejoin: the saved measurement is unreadable; measuring again", "saved", saved)
