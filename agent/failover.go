@@ -48,12 +48,23 @@ type failovers struct {
 	// checking and checked pace the fence checks of fenced nodes (cluster/node keys).
 	checking map[string]bool
 	checked  map[string]time.Time
+	// keeperChecks are the background looks at each cluster's primary's keeper, taken while
+	// some witness votes the primary unreachable (see checkKeeperEarly).
+	keeperChecks map[string]*keeperCheck
+}
+
+// keeperCheck is the last background KeeperStatus of one cluster's primary's keeper.
+type keeperCheck struct {
+	node     string
+	running  bool
+	finished time.Time // when the last check ended
+	failed   bool      // it did not answer
 }
 
 // failoverAsLeader runs until ctx (the leader session) ends.
 func (a *Agent) failoverAsLeader(ctx context.Context) {
 	f := &failovers{a: a, ctx: ctx, running: map[uint64]bool{}, refused: map[string]time.Time{},
-		checking: map[string]bool{}, checked: map[string]time.Time{}}
+		checking: map[string]bool{}, checked: map[string]time.Time{}, keeperChecks: map[string]*keeperCheck{}}
 	a.obsMu.Lock()
 	a.leaderFailovers = f
 	a.obsMu.Unlock()
@@ -160,6 +171,7 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 		}
 	}
 	now := time.Now()
+	f.checkKeeperEarly(c)
 	d := coordinator.Decide(st, c.GetName(), now)
 	if d.Failover {
 		if hold := f.restartingInPlace(c); hold != "" {
@@ -207,7 +219,18 @@ func (f *failovers) restartingInPlace(c *regentv1.Cluster) string {
 		return ""
 	}
 	pol := spec.WithDefaults(c.GetPolicy())
-	ctx, cancel := context.WithTimeout(f.ctx, max(2*time.Duration(pol.GetProbeTimeoutMs())*time.Millisecond, time.Second))
+	every := time.Duration(pol.GetProbeIntervalMs()) * time.Millisecond
+	f.mu.Lock()
+	kc := f.keeperChecks[c.GetName()]
+	gone := kc != nil && kc.node == n.GetName() && kc.failed && time.Since(kc.finished) < 2*every
+	f.mu.Unlock()
+	if gone {
+		// Its host is likely gone, and a connection to it may hang rather than fail: the
+		// background check already waited, so the decision does not wait again.
+		f.a.logger.Info("primary's keeper did not answer moments ago; not holding the failover off", "cluster", c.GetName(), "node", n.GetName())
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, keeperCheckTimeout(pol))
 	defer cancel()
 	ks, err := keeperStatus(ctx, n)
 	if err != nil {
@@ -220,6 +243,65 @@ func (f *failovers) restartingInPlace(c *regentv1.Cluster) string {
 		return ""
 	}
 	return fmt.Sprintf("keeper restarting the primary in place (%.1fs of primary_start_timeout %v)", elapsed.Seconds(), timeout)
+}
+
+// keeperCheckTimeout bounds one KeeperStatus call of the leader's.
+func keeperCheckTimeout(pol *regentv1.Policy) time.Duration {
+	return max(2*time.Duration(pol.GetProbeTimeoutMs())*time.Millisecond, time.Second)
+}
+
+// checkKeeperEarly looks at the primary's keeper in the background, at most once per probe
+// interval, while any witness's committed vote says the primary is unreachable. A keeper that
+// does not answer then (its host gone, connections hanging) is known not to be restarting
+// anything by the time down_after has passed, so restartingInPlace need not spend a timeout
+// on it in the decision's path. Only the failure is used: whether a reachable keeper is
+// restarting is always asked at the decision itself.
+func (f *failovers) checkKeeperEarly(c *regentv1.Cluster) {
+	n := nodeOf(c, c.GetPrimary())
+	if n == nil || !hasKeeper(n) || !anyVoteDown(c, n.GetName()) {
+		return
+	}
+	pol := spec.WithDefaults(c.GetPolicy())
+	every := time.Duration(pol.GetProbeIntervalMs()) * time.Millisecond
+	f.mu.Lock()
+	kc := f.keeperChecks[c.GetName()]
+	if kc == nil || kc.node != n.GetName() {
+		kc = &keeperCheck{node: n.GetName()}
+		f.keeperChecks[c.GetName()] = kc
+	}
+	due := !kc.running && time.Since(kc.finished) >= every
+	if due {
+		kc.running = true
+	}
+	f.mu.Unlock()
+	if !due {
+		return
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		ctx, cancel := context.WithTimeout(f.ctx, keeperCheckTimeout(pol))
+		_, err := keeperStatus(ctx, n)
+		cancel()
+		f.mu.Lock()
+		kc.running, kc.finished, kc.failed = false, time.Now(), err != nil
+		f.mu.Unlock()
+	}()
+}
+
+// anyVoteDown reports whether some committed vote says node is unreachable.
+func anyVoteDown(c *regentv1.Cluster, node string) bool {
+	for _, ns := range c.GetNodeStatus() {
+		if ns.GetName() != node {
+			continue
+		}
+		for _, v := range ns.GetVotes() {
+			if !v.GetReachable() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // start commits a new saga and drives it. actor is the operator of a manual failover, or the
