@@ -336,6 +336,13 @@ func (k *Keeper) startup(ctx context.Context) {
 			k.log.Warn("not starting PostgreSQL: it waits for the leader's REJOIN", "why", why)
 			return
 		}
+		if k.viewNow(time.Now()).designated {
+			// A reboot of the designated primary's host is a restart in place too: reported
+			// like one (restart.go) while the server comes up.
+			k.mu.Lock()
+			k.restart.begin(time.Now())
+			k.mu.Unlock()
+		}
 		k.startServer(ctx, "keeper startup")
 	}
 }
