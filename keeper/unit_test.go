@@ -306,6 +306,37 @@ func TestTallyRound(t *testing.T) {
 	}
 }
 
+// The in-place restart report (restart.go): from the crash, through the settle time after the
+// server answers, and not after restartGiveUp failed starts.
+func TestRestartReport(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var r restartState
+	if on, _ := r.report(t0); on {
+		t.Fatal("reported before any crash")
+	}
+	r.begin(t0)
+	r.begin(t0.Add(time.Second)) // a second look does not restart the clock
+	if on, d := r.report(t0.Add(2 * time.Second)); !on || d != 2*time.Second {
+		t.Fatalf("during the restart: %v %v, want true 2s", on, d)
+	}
+	r.failed(1)
+	if on, _ := r.report(t0.Add(2 * time.Second)); !on {
+		t.Fatal("one failed start ended the report; the second try comes soon")
+	}
+	r.answeredAt(t0.Add(3 * time.Second))
+	if on, d := r.report(t0.Add(3*time.Second + restartSettle - time.Millisecond)); !on || d <= 3*time.Second {
+		t.Fatalf("within the settle time after the server answered: %v %v", on, d)
+	}
+	if on, _ := r.report(t0.Add(3*time.Second + restartSettle)); on || r.active() {
+		t.Fatal("still reported (or tracked) after the settle time")
+	}
+	r.begin(t0)
+	r.failed(restartGiveUp)
+	if on, _ := r.report(t0.Add(time.Second)); on {
+		t.Fatal("reported after the restart failed restartGiveUp times in a row")
+	}
+}
+
 func TestControlFacts(t *testing.T) {
 	out := []byte(`pg_control version number:            1300
 Database cluster state:               in crash recovery
