@@ -251,7 +251,13 @@ func setVote(tx *txn, u *regentv1.VoteUpdate) bool {
 	return true
 }
 
-// setNodeStatus replaces a node's observed facts (everything but its name and votes). It
+// sagaRole reports whether role belongs to the failover and rejoin sagas (fenced, rejoining).
+func sagaRole(role regentv1.NodeRole) bool {
+	return role == regentv1.NodeRole_NODE_ROLE_FENCED || role == regentv1.NodeRole_NODE_ROLE_REJOINING
+}
+
+// setNodeStatus replaces a node's observed facts (everything but its name and votes; the role
+// too, unless it or the committed one is a saga's: sagaRole). It
 // reports whether anything changed; updated_at alone is not a change, so it records when
 // the facts last changed (the update's updated_at, or the envelope's time when unset).
 func setNodeStatus(tx *txn, u *regentv1.NodeStatusUpdate) bool {
@@ -266,6 +272,11 @@ func setNodeStatus(tx *txn, u *regentv1.NodeStatusUpdate) bool {
 	}
 	old := c.NodeStatus[ni]
 	ns := proto.Clone(u.GetStatus()).(*regentv1.NodeStatus)
+	if sagaRole(old.GetRole()) || sagaRole(ns.GetRole()) {
+		// Only ADVANCE_FAILOVER and RECORD_REJOIN set or clear these: a batch the leader
+		// computed before such a commit must not undo it.
+		ns.Role = old.GetRole()
+	}
 	ns.Votes = old.Votes
 	ns.UpdatedAt = old.UpdatedAt
 	if proto.Equal(ns, old) {

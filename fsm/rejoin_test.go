@@ -220,3 +220,36 @@ func TestRecordRejoinFailedKeepsTheRole(t *testing.T) {
 		t.Fatalf("finished_at after a retry = %v", ev.GetRejoin().GetFinishedAt())
 	}
 }
+
+// A node update the leader computed before a rejoin commit (its role from then) cannot undo
+// the rejoin's role: fenced and rejoining are set and cleared by the sagas only, while the
+// other facts — and other roles — follow the observations.
+func TestStaleNodeUpdateKeepsSagaRoles(t *testing.T) {
+	f := atStep(stepCompleted)(t)
+	upd := func(role regentv1.NodeRole, lsn uint64) entry {
+		return channelsCmd(&regentv1.UpdateChannelsCommand{Nodes: []*regentv1.NodeStatusUpdate{
+			{Cluster: "orders", Status: &regentv1.NodeStatus{Name: "n1", Role: role, Timeline: 2, ReplayLsn: lsn}}}})
+	}
+	n1 := func() *regentv1.NodeStatus {
+		c, _ := f.Cluster("orders")
+		return c.NodeStatus[0]
+	}
+	mustApply(t, f, rejoinCmd(rejoinOf(rejoinRebuilding)))
+	mustApply(t, f, upd(regentv1.NodeRole_NODE_ROLE_FENCED, 100))
+	if ns := n1(); ns.Role != regentv1.NodeRole_NODE_ROLE_REJOINING || ns.ReplayLsn != 100 {
+		t.Fatalf("after a stale fenced update: %v", ns)
+	}
+	mustApply(t, f, upd(regentv1.NodeRole_NODE_ROLE_REPLICA, 200))
+	if ns := n1(); ns.Role != regentv1.NodeRole_NODE_ROLE_REJOINING || ns.ReplayLsn != 200 {
+		t.Fatalf("an update cleared rejoining: %v", ns)
+	}
+	mustApply(t, f, rejoinCmd(rejoinOf(rejoinCaughtUp)))
+	mustApply(t, f, upd(regentv1.NodeRole_NODE_ROLE_REJOINING, 300))
+	if ns := n1(); ns.Role != regentv1.NodeRole_NODE_ROLE_REPLICA || ns.ReplayLsn != 300 {
+		t.Fatalf("after a stale rejoining update: %v", ns)
+	}
+	mustApply(t, f, upd(regentv1.NodeRole_NODE_ROLE_PRIMARY, 400))
+	if ns := n1(); ns.Role != regentv1.NodeRole_NODE_ROLE_PRIMARY {
+		t.Fatalf("other roles follow the observations: %v", ns)
+	}
+}
