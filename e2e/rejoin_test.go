@@ -42,6 +42,13 @@ func TestRejoinAfterKill9(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
+	// The leader's heartbeat table exists on every server before the cut, as it does on any
+	// cluster regent has watched for a second: the keeper recognises heartbeat commits by the
+	// table's storage on the new primary (one created after the fork would not be there).
+	witnesstest.Eventually(t, wait, "regent.heartbeat on pg-us", func() bool {
+		var ok bool
+		return us.pg.QueryRow(ctx, "SELECT to_regclass('regent.heartbeat') IS NOT NULL").Scan(&ok) == nil && ok
+	})
 	for _, n := range []string{"pg-eu", "pg-ap"} {
 		if err := r.nodes[n].pg.WaitCaughtUp(ctx, us.pg); err != nil {
 			t.Fatal(err)
