@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -39,7 +38,10 @@ func startKeeperRig(t *testing.T, slowStart time.Duration) (*failoverRig, *keepe
 	b := pgtest.Start(t, pgtest.Options{Standbys: 2})
 	binDir := b.BinDir()
 	if slowStart > 0 {
-		binDir = slowPGCtl(t, b, slowStart)
+		var err error
+		if binDir, err = b.SlowStartBinDir(slowStart); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Servers the keeper started with pg_ctl are not pgtest's children: stop them before the
 	// bench removes their directories (cleanups run last-registered first).
@@ -121,34 +123,6 @@ func startKeeperRig(t *testing.T, slowStart time.Duration) (*failoverRig, *keepe
 		return k.Status(ctx, false).HoldsLease
 	})
 	return r, k
-}
-
-// slowPGCtl returns a bin directory holding the bench's programs, except that its pg_ctl
-// takes d longer to start a server, as a long crash recovery would. It lives under the bench's
-// directory, which the postgres user can reach.
-func slowPGCtl(t *testing.T, b *pgtest.Bench, d time.Duration) string {
-	t.Helper()
-	dir := filepath.Join(b.Dir, "slowbin")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(b.BinDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if e.Name() == "pg_ctl" {
-			continue
-		}
-		if err := os.Symlink(filepath.Join(b.BinDir(), e.Name()), filepath.Join(dir, e.Name())); err != nil {
-			t.Fatal(err)
-		}
-	}
-	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = start ]; then sleep %.3f; fi\nexec %s \"$@\"\n", d.Seconds(), filepath.Join(b.BinDir(), "pg_ctl"))
-	if err := os.WriteFile(filepath.Join(dir, "pg_ctl"), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
 }
 
 // keeperTestLogger sends a keeper's log to the test log with -v or REGENT_TEST_LOG set, while

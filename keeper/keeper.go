@@ -564,6 +564,16 @@ func (k *Keeper) startServer(ctx context.Context, why string) {
 	readOnly := !standby && !(v.designated && v.holds && st.Fence != FenceInstruction)
 	if readOnly {
 		k.setFence(FenceLease, v.epoch)
+	} else if !standby {
+		// The server takes writes once its recovery ends, which may be after the lease held
+		// now has run out (a long crash recovery, the witnesses revoking meanwhile): it starts
+		// read-only by its own configuration, and the control loop lifts that under the lease
+		// once it answers (no second restart, unlike the command-line option).
+		if err := persistReadOnly(k.cfg.DataDir); err != nil {
+			k.log.Warn("could not make the server start read-only through postgresql.auto.conf; starting it with the read-only option", "err", err)
+			readOnly = true
+		}
+		k.setFence(FenceLease, v.epoch)
 	}
 	k.log.Info("starting PostgreSQL", "why", why, "read_only", readOnly, "standby", standby, "designated", v.designated, "holds_lease", v.holds)
 	err := k.pg.Start(ctx, readOnly)

@@ -388,6 +388,58 @@ func TestStartupRestartAndStop(t *testing.T) {
 	}
 }
 
+// A crash restart that outlives the lease: the keeper starts its crashed primary while it holds
+// the lease, the witnesses revoke the epoch while PostgreSQL is still starting (its pg_ctl made
+// 3 s slower, as a long crash recovery), and the server must not take a single write when it
+// comes up — it starts read-only by its own configuration and stays so without the lease.
+func TestCrashRestartOutlivingTheLeaseNeverTakesWrites(t *testing.T) {
+	r := startRig(t)
+	ctx := witnesstest.Context(t, 2*time.Minute)
+	cfg := r.config(t, "pg-us")
+	var err error
+	if cfg.BinDir, err = r.bench.SlowStartBinDir(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	k := startKeeper(t, cfg)
+	waitLease(t, k)
+	if err := syscall.Kill(postmasterPID(t, r.primary), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	witnesstest.Eventually(t, wait, "the keeper restarting the primary", func() bool { return k.Status(ctx, true).Restarting })
+	for i := range r.c.Agents {
+		retry(t, ctx, "revoke", func() error {
+			_, err := r.c.Client(i).RevokeLease(ctx, &regentv1.RevokeLeaseRequest{Cluster: "orders", Epoch: 1, Term: 1, EventId: 1})
+			return err
+		})
+	}
+	// Write as fast as connections allow from now until the server has answered for a while:
+	// the moment it comes up is the moment that matters.
+	acked := false
+	deadline := time.Now().Add(wait)
+	var upSince time.Time
+	for time.Now().Before(deadline) {
+		err := write(ctx, r.primary)
+		if err == nil {
+			acked = true
+			break
+		}
+		if isReadOnlyErr(err) {
+			if upSince.IsZero() {
+				upSince = time.Now()
+			}
+			if time.Since(upSince) > 2*time.Second {
+				break
+			}
+		}
+	}
+	if acked || upSince.IsZero() {
+		t.Fatalf("the restarted server without a lease: a write acknowledged %v, refused read-only since %v; want refusals only", acked, upSince)
+	}
+	if st := k.Status(ctx, false); st.HoldsLease || !st.Fenced {
+		t.Errorf("status after the lease was revoked: lease %v fenced %v", st.HoldsLease, st.Fenced)
+	}
+}
+
 // Startup without the lease: the witnesses revoked this node's epoch, so the keeper starts
 // the stopped primary read-only and reports it fenced.
 func TestStartupWithoutLeaseStartsReadOnly(t *testing.T) {

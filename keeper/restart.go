@@ -1,6 +1,13 @@
 package keeper
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
 
 // Restarting a crashed primary in place (DESIGN.md, "Crash restart in place").
 //
@@ -76,4 +83,37 @@ func (r *restartState) report(now time.Time) (bool, time.Duration) {
 		return false, 0
 	}
 	return true, now.Sub(r.since)
+}
+
+// persistReadOnly makes a stopped server start read-only for every new transaction by
+// appending default_transaction_read_only = 'on' to postgresql.auto.conf, as ALTER SYSTEM SET
+// would (the last setting of a parameter wins, and fencing.UnfenceSQL's ALTER SYSTEM RESET
+// removes it). A file the keeper creates is given the data directory's owner.
+func persistReadOnly(dataDir string) error {
+	path := filepath.Join(dataDir, "postgresql.auto.conf")
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	_, err = f.WriteString("\ndefault_transaction_read_only = 'on'\n")
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		if fi, err := os.Stat(dataDir); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if err := os.Chown(path, int(st.Uid), int(st.Gid)); err != nil {
+					return fmt.Errorf("give %s to the data directory's owner: %w", path, err)
+				}
+			}
+		}
+	}
+	return nil
 }
