@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -20,9 +21,16 @@ import (
 // and stops it when the test ends; on failure the PostgreSQL logs go to the test log.
 func startFull(t *testing.T, ctx context.Context, dir string) *Lab {
 	t.Helper()
+	return startWith(t, ctx, Options{Dir: dir})
+}
+
+// startWith is startFull with options.
+func startWith(t *testing.T, ctx context.Context, opts Options) *Lab {
+	t.Helper()
 	pgtest.RequirePostgres(t)
 	var progress bytes.Buffer
-	l, err := Start(ctx, Options{Dir: dir, Progress: &progress})
+	opts.Progress = &progress
+	l, err := Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("start the lab: %v\nprogress:\n%s", err, progress.String())
 	}
@@ -37,9 +45,18 @@ func startFull(t *testing.T, ctx context.Context, dir string) *Lab {
 	return l
 }
 
-// processGone reports whether no process pid exists any more.
+// processGone reports whether process pid has exited: it no longer exists, or it is a zombie
+// (a server a keeper started through pg_ctl is reparented to PID 1, which may reap it late).
 func processGone(pid int) bool {
-	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	return ok && strings.HasPrefix(rest, "Z")
 }
 
 func TestFullLabFailsOverWhenThePrimaryIsKilled(t *testing.T) {
@@ -160,5 +177,86 @@ func TestFullLabRestartReappliesTheCluster(t *testing.T) {
 	}
 	if ok, why := l.Healthy(); !ok {
 		t.Errorf("restarted lab not healthy: %s", why)
+	}
+}
+
+// With keepers, KillPrimary loses the primary's whole host (keeper and postmaster), the
+// failover fences by the lease, and Revive brings the host back: the old primary rejoins as a
+// standby of the new one, and Stop leaves nothing running, the keeper-started server included.
+func TestFullLabWithKeepersLosesAHostAndItRejoins(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	l := startWith(t, ctx, Options{Keepers: true})
+	var desc bytes.Buffer
+	l.Describe(&desc)
+	for _, n := range l.Nodes {
+		if n.Keeper == nil || !strings.Contains(desc.String(), n.KeeperConfig.ListenGRPC) {
+			t.Fatalf("node %s: keeper %v, not described:\n%s", n.Name, n.Keeper, desc.String())
+		}
+	}
+	c, _ := l.cluster()
+	for _, n := range c.GetNodes() {
+		if n.GetKeeperAddr() == "" {
+			t.Fatalf("spec node %s has no keeper_addr", n.GetName())
+		}
+	}
+	killed, err := l.KillPrimary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !killed.Host || killed.Node.Name != "pg-us" || !processGone(killed.PID) {
+		t.Fatalf("KillPrimary with keepers: %+v (gone %v)", killed, processGone(killed.PID))
+	}
+	if down := l.Down(); len(down) != 1 || down[0] != "pg-us" {
+		t.Fatalf("Down() = %v, want [pg-us]", down)
+	}
+	ev, err := l.WaitFailover(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.GetStep() != regentv1.FailoverStep_FAILOVER_STEP_COMPLETED || ev.GetFromNode() != "pg-us" {
+		t.Fatalf("failover %d: %v %s → %s (%s; notes %v)", ev.GetId(), ev.GetStep(), ev.GetFromNode(), ev.GetToNode(), ev.GetAbortReason(), ev.GetNotes())
+	}
+	if ev.GetFenceMethod() != "lease" {
+		t.Errorf("fence method %q: with the keeper dead only the lease can fence", ev.GetFenceMethod())
+	}
+	newPrimary := l.Primary()
+	if err := l.Revive("pg-us"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Revive("pg-us"); err == nil {
+		t.Error("reviving a host that is up did not fail")
+	}
+	old := l.Node("pg-us")
+	err = poll(ctx, func() (bool, string) {
+		var rj *regentv1.Rejoin
+		for _, e := range l.Events() {
+			if e.GetId() == ev.GetId() {
+				rj = e.GetRejoin()
+			}
+		}
+		if rj.GetStatus() != regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP {
+			return false, "rejoin " + rj.GetStatus().String() + ": " + rj.GetDetail()
+		}
+		var status, sender string
+		if err := old.Server.QueryRow(ctx, "SELECT status, sender_host FROM pg_stat_wal_receiver").Scan(&status, &sender); err != nil {
+			return false, err.Error()
+		}
+		return status == "streaming" && sender == newPrimary.Server.Host, "receiver " + status + " from " + sender
+	}, "the old primary streaming from "+newPrimary.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := old.Server.IsInRecovery(ctx); err != nil || !rec {
+		t.Fatalf("revived old primary in recovery %v (%v)", rec, err)
+	}
+	pids := append(l.PIDs(), postmasterPID(old.Server))
+	if err := l.Stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	for _, pid := range pids {
+		if pid != 0 && !processGone(pid) {
+			t.Errorf("process %d still runs after Stop", pid)
+		}
 	}
 }

@@ -1,8 +1,11 @@
 // Package lab runs a whole local regent deployment on loopback for trying it out: three
 // witnesses in three "regions", a PostgreSQL primary with two streaming standbys (one per
-// region), and BIND's named holding the cluster's DNS record when named is installed. It
-// applies the "orders" cluster and waits until the witnesses observe it healthy, so that
-// killing the primary (KillPrimary) shows a whole automatic failover.
+// region), optionally a `regent keeper` beside each PostgreSQL server, and BIND's named
+// holding the cluster's DNS record when named is installed. It applies the "orders" cluster and
+// waits until the witnesses observe it healthy, so that killing the primary (KillPrimary) shows a
+// whole automatic failover. With keepers, KillPrimary plays the loss of the primary's host (its
+// keeper and postmaster die together) and Revive brings the host back, to watch the old primary
+// rejoin as a standby.
 //
 // Witness data (configs with their ports, Raft state) is kept in Options.Dir across runs;
 // PostgreSQL and named are always created afresh, so on a restart in the same directory the lab
@@ -16,10 +19,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -30,7 +36,9 @@ import (
 	"github.com/regentdb/regent/agent"
 	"github.com/regentdb/regent/config"
 	"github.com/regentdb/regent/dnstest"
+	"github.com/regentdb/regent/internal/benchkeeper"
 	"github.com/regentdb/regent/internal/freeport"
+	"github.com/regentdb/regent/keeper"
 	"github.com/regentdb/regent/pgtest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/spec"
@@ -72,6 +80,11 @@ type Options struct {
 	// NoPostgres starts the witnesses only: no PostgreSQL, no named, no cluster applied.
 	// Start then returns as soon as the witnesses listen (see WaitReady).
 	NoPostgres bool
+	// Keepers runs a keeper (package keeper, in this process, default settings) beside each
+	// PostgreSQL server, with keeper_addr in the spec: the primary holds a quorum lease, a
+	// crashed postmaster is restarted in place, failover fences through the old primary's
+	// keeper, and an old primary rejoins as a standby when its host comes back.
+	Keepers bool
 	// Logger receives the witnesses' logs.
 	Logger *slog.Logger
 	// Progress, when set, receives one line per start-up stage.
@@ -89,6 +102,10 @@ type Node struct {
 	Region string
 	// Server is the running postmaster.
 	Server *pgtest.Server
+	// Keeper is the keeper beside the server (Options.Keepers), nil without keepers and while
+	// the node's host is down (KillPrimary until Revive). KeeperConfig is its configuration.
+	Keeper       *keeper.Keeper
+	KeeperConfig keeper.Config
 }
 
 // Lab is a running local deployment.
@@ -201,8 +218,18 @@ func (l *Lab) start(ctx context.Context) error {
 	if err := l.WaitReady(readyCtx); err != nil {
 		return err
 	}
+	if l.opts.Keepers {
+		if err := l.keeperConfigs(); err != nil {
+			return err
+		}
+	}
 	if err := l.applyCluster(readyCtx); err != nil {
 		return err
+	}
+	if l.opts.Keepers {
+		if err := l.startKeepers(readyCtx); err != nil {
+			return err
+		}
 	}
 	l.progress("waiting until the witnesses observe %s healthy", ClusterName)
 	return l.WaitHealthy(readyCtx)
@@ -251,6 +278,55 @@ func (l *Lab) startPostgres(ctx context.Context) error {
 	for i, s := range b.Servers() {
 		l.Nodes = append(l.Nodes, Node{Name: nodeNames[i], Region: Regions[i], Server: s})
 	}
+	return nil
+}
+
+// keeperConfigs chooses each node's keeper configuration (its address goes into the spec).
+// Keeper state is fresh on every run, like PostgreSQL: its tokens and epochs belong to it.
+func (l *Lab) keeperConfigs() error {
+	var ws []string
+	for _, c := range l.Configs {
+		ws = append(ws, c.GRPCAddr)
+	}
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
+		cfg, err := benchkeeper.Config(l.Bench, n.Server, benchkeeper.Options{Cluster: ClusterName, Node: n.Name,
+			Witnesses: ws, StateDir: filepath.Join(l.Bench.Dir, "keeper-"+n.Name)})
+		if err != nil {
+			return fmt.Errorf("keeper of %s: %w", n.Name, err)
+		}
+		n.KeeperConfig = cfg
+	}
+	return nil
+}
+
+// startKeepers starts a keeper beside each node (the cluster is applied, so the witnesses
+// grant the primary's lease at once) and waits until the primary's keeper holds its lease.
+func (l *Lab) startKeepers(ctx context.Context) error {
+	l.progress("starting a keeper beside each PostgreSQL server")
+	for i := range l.Nodes {
+		if err := l.startKeeper(&l.Nodes[i]); err != nil {
+			return err
+		}
+	}
+	p := l.Node(l.Spec.GetPrimary())
+	return poll(ctx, func() (bool, string) {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if st := p.Keeper.Status(sctx, false); !st.HoldsLease || !st.Answering || st.ReadOnly {
+			return false, fmt.Sprintf("lease held %v, answering %v, read-only %v", st.HoldsLease, st.Answering, st.ReadOnly)
+		}
+		return true, ""
+	}, "the primary's keeper holding its lease")
+}
+
+// startKeeper starts n's keeper.
+func (l *Lab) startKeeper(n *Node) error {
+	k, err := keeper.Start(n.KeeperConfig, l.opts.Logger.With("keeper", n.Name))
+	if err != nil {
+		return fmt.Errorf("start the keeper of %s: %w", n.Name, err)
+	}
+	n.Keeper = k
 	return nil
 }
 
@@ -371,7 +447,11 @@ func (l *Lab) specYAML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Applied by regent lab. PostgreSQL is fresh on every run, so the ports change.\nname: %s\nprimary: %s\nnodes:\n", ClusterName, l.Nodes[0].Name)
 	for _, n := range l.Nodes {
-		fmt.Fprintf(&b, "  - {name: %s, region: %s, host: %s, port: %d}\n", n.Name, n.Region, n.Server.Host, n.Server.Port)
+		ka := ""
+		if n.KeeperConfig.ListenGRPC != "" {
+			ka = fmt.Sprintf(", keeper_addr: %q", n.KeeperConfig.ListenGRPC)
+		}
+		fmt.Fprintf(&b, "  - {name: %s, region: %s, host: %s, port: %d%s}\n", n.Name, n.Region, n.Server.Host, n.Server.Port, ka)
 	}
 	fmt.Fprintf(&b, "policy:            # defaults, but a shorter cooldown so that a second failover is possible soon\n  cooldown: %s\n", Cooldown)
 	if l.DNS != nil {
@@ -587,25 +667,120 @@ type Killed struct {
 	PID int
 	// At is when SIGKILL was sent.
 	At time.Time
+	// Host reports that the node's keeper died too: the whole host was lost.
+	Host bool
 }
 
 // KillPrimary kills the current primary's postmaster with SIGKILL, as a crash would, and
-// returns once its port refuses connections. The witnesses are not told: they find out by
-// probing, and fail over.
+// returns once its port refuses connections. With keepers it plays the loss of the whole host:
+// the primary's keeper dies in the same instant (nothing fenced), so that it cannot restart the
+// postmaster in place. The witnesses are not told: they find out by probing, and fail over.
 func (l *Lab) KillPrimary() (Killed, error) {
 	p := l.Primary()
 	if p == nil {
 		return Killed{}, errors.New("no primary to kill: the lab runs no PostgreSQL (--no-postgres) or no cluster is applied")
 	}
-	pid := p.Server.PID()
+	pid := postmasterPID(p.Server)
 	if pid == 0 {
 		return Killed{}, fmt.Errorf("primary %s is not running (killed already?); wait for the failover to pick a new one", p.Name)
 	}
 	k := Killed{Node: *p, PID: pid, At: time.Now()}
-	if err := p.Server.Kill9(); err != nil {
+	var done chan struct{}
+	if p.Keeper != nil {
+		done = make(chan struct{})
+		go func(kp *keeper.Keeper) { kp.Kill(); close(done) }(p.Keeper)
+		p.Keeper, k.Host = nil, true
+	}
+	err := killPostmaster(p.Server, pid)
+	if done != nil {
+		<-done
+	}
+	if err != nil {
 		return k, fmt.Errorf("kill primary %s: %w", p.Name, err)
 	}
 	return k, nil
+}
+
+// postmasterPID is s's postmaster: pgtest's child, or one a keeper started (its postmaster.pid).
+func postmasterPID(s *pgtest.Server) int {
+	if pid := s.PID(); pid != 0 {
+		return pid
+	}
+	b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+// killPostmaster sends SIGKILL to s's postmaster pid and waits until its port refuses
+// connections.
+func killPostmaster(s *pgtest.Server, pid int) error {
+	if s.PID() == pid {
+		return s.Kill9()
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("SIGKILL to %s (pid %d): %w", s, pid, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+	return pgtest.WaitFor(ctx, func(ctx context.Context) (bool, error) {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return false, fmt.Errorf("%s still accepts connections", addr)
+		}
+		return errors.Is(err, syscall.ECONNREFUSED), err
+	})
+}
+
+// stopKeeperStarted stops, with pg_ctl, the servers a keeper started (after a rejoin or a
+// restart in place): pgtest did not start them, so its Close would only find and kill them.
+func (l *Lab) stopKeeperStarted() {
+	for _, n := range l.Nodes {
+		s := n.Server
+		if s.Running() || postmasterPID(s) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if _, err := l.Bench.Run(ctx, "pg_ctl", "stop", "-D", s.DataDir, "-m", "fast", "-w"); err != nil {
+			l.opts.Logger.Warn("stop a server its keeper started", "node", n.Name, "err", err)
+		}
+		cancel()
+	}
+}
+
+// Down returns the nodes whose host KillPrimary took down and Revive has not brought back.
+func (l *Lab) Down() []string {
+	var out []string
+	for _, n := range l.Nodes {
+		if n.KeeperConfig.ListenGRPC != "" && n.Keeper == nil {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
+// Revive brings a node's host back after KillPrimary: its keeper starts again and, as the node
+// is no longer the designated primary, never lets its server take a write; the leader then has
+// it rejoin as a standby of the new primary (rewound, or re-cloned when a rewind is impossible).
+func (l *Lab) Revive(name string) error {
+	n := l.Node(name)
+	switch {
+	case n == nil:
+		return fmt.Errorf("no node %q in the lab", name)
+	case n.KeeperConfig.ListenGRPC == "":
+		return errors.New("the lab runs without keepers (--no-keepers): nothing brings a lost host back")
+	case n.Keeper != nil:
+		return fmt.Errorf("the host of %s is up already", name)
+	}
+	return l.startKeeper(n)
 }
 
 // Events returns the cluster's failover events, oldest first.
@@ -673,6 +848,12 @@ func (l *Lab) Describe(w io.Writer) {
 		fmt.Fprintf(w, "  %-5s %-9s %s:%-5d %-16s psql \"host=%s port=%d user=%s dbname=postgres\"\n",
 			n.Name, n.Region, n.Server.Host, n.Server.Port, role, n.Server.Host, n.Server.Port, pgtest.SuperUser)
 	}
+	if l.opts.Keepers {
+		fmt.Fprintln(w, "\nKeepers (quorum lease, fencing, rejoin; Patroni-compatible health checks):")
+		for _, n := range l.Nodes {
+			fmt.Fprintf(w, "  %-5s keeper_addr %-16s curl -si http://%s/primary\n", n.Name, n.KeeperConfig.ListenGRPC, n.KeeperConfig.ListenHTTP)
+		}
+	}
 	if l.DNS != nil {
 		host, port, _ := strings.Cut(l.DNS.Addr(), ":")
 		fmt.Fprintf(w, "\nDNS: named at %s serves %s; %s points at the primary:\n  dig @%s -p %s %s A +short\n",
@@ -726,6 +907,16 @@ func (l *Lab) PIDs() []int {
 func (l *Lab) Stop() error {
 	l.stopOnce.Do(func() {
 		var errs []error
+		// Keepers first: a keeper left running would restart the servers Bench.Close stops.
+		for i := range l.Nodes {
+			if k := l.Nodes[i].Keeper; k != nil {
+				if err := k.Shutdown(); err != nil {
+					l.opts.Logger.Warn("keeper shutdown", "node", l.Nodes[i].Name, "err", err)
+				}
+				l.Nodes[i].Keeper = nil
+			}
+		}
+		l.stopKeeperStarted()
 		for _, a := range l.Agents {
 			// A witness always stops, even when part of its shutdown went wrong (a gossip
 			// leave that timed out on a busy machine): that is worth a warning, not a failure.
