@@ -228,16 +228,14 @@ func TestFullLabWithKeepersLosesAHostAndItRejoins(t *testing.T) {
 		t.Error("reviving a host that is up did not fail")
 	}
 	old := l.Node("pg-us")
+	msg, err := l.WaitRejoin(ctx, "pg-us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg, "pg-us rejoined as a standby of "+newPrimary.Name) {
+		t.Errorf("WaitRejoin: %q", msg)
+	}
 	err = poll(ctx, func() (bool, string) {
-		var rj *regentv1.Rejoin
-		for _, e := range l.Events() {
-			if e.GetId() == ev.GetId() {
-				rj = e.GetRejoin()
-			}
-		}
-		if rj.GetStatus() != regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP {
-			return false, "rejoin " + rj.GetStatus().String() + ": " + rj.GetDetail()
-		}
 		var status, sender string
 		if err := old.Server.QueryRow(ctx, "SELECT status, sender_host FROM pg_stat_wal_receiver").Scan(&status, &sender); err != nil {
 			return false, err.Error()

@@ -675,7 +675,14 @@ type Killed struct {
 // returns once its port refuses connections. With keepers it plays the loss of the whole host:
 // the primary's keeper dies in the same instant (nothing fenced), so that it cannot restart the
 // postmaster in place. The witnesses are not told: they find out by probing, and fail over.
-func (l *Lab) KillPrimary() (Killed, error) {
+func (l *Lab) KillPrimary() (Killed, error) { return l.killPrimary(true) }
+
+// CrashPrimary kills the current primary's postmaster with SIGKILL and leaves its keeper (if
+// any) running: a crash, which the keeper answers by restarting the server in place, with no
+// failover. Without keepers it is KillPrimary.
+func (l *Lab) CrashPrimary() (Killed, error) { return l.killPrimary(false) }
+
+func (l *Lab) killPrimary(host bool) (Killed, error) {
 	p := l.Primary()
 	if p == nil {
 		return Killed{}, errors.New("no primary to kill: the lab runs no PostgreSQL (--no-postgres) or no cluster is applied")
@@ -686,7 +693,7 @@ func (l *Lab) KillPrimary() (Killed, error) {
 	}
 	k := Killed{Node: *p, PID: pid, At: time.Now()}
 	var done chan struct{}
-	if p.Keeper != nil {
+	if p.Keeper != nil && host {
 		done = make(chan struct{})
 		go func(kp *keeper.Keeper) { kp.Kill(); close(done) }(p.Keeper)
 		p.Keeper, k.Host = nil, true
@@ -826,6 +833,49 @@ func (l *Lab) WaitFailover(ctx context.Context, after uint64) (*regentv1.Failove
 		return false, why
 	}, "a failover")
 	return done, err
+}
+
+// WaitRejoin waits until node, the old primary of the cluster's newest failover away from it,
+// has rejoined as a standby and caught up, and returns a one-line summary (method, exact loss);
+// it fails when the rejoin is recorded as failed or ctx ends.
+func (l *Lab) WaitRejoin(ctx context.Context, node string) (string, error) {
+	var msg string
+	err := poll(ctx, func() (bool, string) {
+		var ev *regentv1.FailoverEvent
+		for _, e := range l.Events() {
+			if e.GetFromNode() == node && e.GetStep() == regentv1.FailoverStep_FAILOVER_STEP_COMPLETED {
+				ev = e
+			}
+		}
+		if ev == nil {
+			return false, "no completed failover away from " + node
+		}
+		rj := ev.GetRejoin()
+		switch rj.GetStatus() {
+		case regentv1.RejoinStatus_REJOIN_STATUS_CAUGHT_UP:
+			loss := "unknown"
+			if ev.DataLossBytes != nil {
+				loss = fmt.Sprintf("%d bytes", ev.GetDataLossBytes())
+				if !ev.GetDataLossExact() {
+					loss += " (estimated)"
+				}
+			}
+			if ev.LostTransactions != nil {
+				loss += fmt.Sprintf(", %d transactions", ev.GetLostTransactions())
+			}
+			msg = fmt.Sprintf("%s rejoined as a standby of %s (%s) and caught up; data loss of failover %d: %s",
+				node, ev.GetToNode(), rj.GetMethod(), ev.GetId(), loss)
+			return true, ""
+		case regentv1.RejoinStatus_REJOIN_STATUS_FAILED:
+			msg = "failed: " + rj.GetDetail()
+			return true, ""
+		}
+		return false, fmt.Sprintf("rejoin %s: %s", rj.GetStatus(), rj.GetDetail())
+	}, node+" rejoining")
+	if err == nil && strings.HasPrefix(msg, "failed: ") {
+		return "", fmt.Errorf("the rejoin of %s %s", node, msg)
+	}
+	return msg, err
 }
 
 // Describe writes the lab's addresses and how to talk to it.

@@ -248,19 +248,11 @@ func trial(ctx context.Context, kind string, num int, rate float64, timeout time
 	}
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(startCtx, lab.Options{Logger: slog.New(slog.DiscardHandler), Progress: progress})
+	l, err := lab.Start(startCtx, lab.Options{Logger: slog.New(slog.DiscardHandler), Progress: progress, Keepers: kind != casePostmaster})
 	if err != nil {
 		return fail("start the lab: %v", err)
 	}
 	defer l.Stop()
-	var ks *keepers
-	if kind != casePostmaster {
-		fmt.Fprintln(progress, "rto: starting a keeper beside each node")
-		if ks, err = startKeepers(startCtx, l, slog.New(slog.DiscardHandler)); err != nil {
-			return fail("start the keepers: %v", err)
-		}
-		defer ks.stop()
-	}
 	pol := spec.WithDefaults(l.Spec.GetPolicy())
 	floor := floorMs(kind, pol)
 	info := &labInfo{pgMajor: l.Bench.MajorVersion(), dns: l.DNS != nil, floorMs: floor,
@@ -289,7 +281,7 @@ func trial(ctx context.Context, kind string, num int, rate float64, timeout time
 	var k lab.Killed
 	switch kind {
 	case caseHost:
-		k, err = ks.killHost()
+		k, err = l.KillPrimary()
 	case caseNoRestart:
 		k, err = breakRestart(l)
 	default:

@@ -136,6 +136,12 @@ func TestLabKillPrimaryShowsTheFailover(t *testing.T) {
 	waitOutput(t, out, "killed primary pg-us", 3*time.Minute)
 	waitOutput(t, out, "failover 1 completed: pg-us (us-east) →", 2*time.Minute)
 	waitOutput(t, out, "completed ", 10*time.Second) // the status table's event row
+	// r brings the lost host back: the old primary rejoins as a standby.
+	if _, err := io.WriteString(pw, "r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, out, "the host of pg-us is back", 30*time.Second)
+	waitOutput(t, out, "pg-us rejoined as a standby of", 2*time.Minute)
 	// A second k kills the new primary (the cooldown then holds a second failover).
 	if _, err := io.WriteString(pw, "k\n"); err != nil {
 		t.Fatal(err)

@@ -114,14 +114,15 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "", "keep the witnesses' data here across runs (default: a temporary directory removed on exit); PostgreSQL and named are fresh on every run")
 	witnesses := fs.Int("witnesses", 3, "number of witnesses: 3 or 5")
 	noPostgres := fs.Bool("no-postgres", false, "start the witnesses only: no PostgreSQL, no named, no cluster")
-	killPrimary := fs.Bool("kill-primary", false, "once the cluster is healthy, kill -9 the primary's postmaster and watch the failover")
+	killPrimary := fs.Bool("kill-primary", false, "once the cluster is healthy, kill the primary (its host: keeper and postmaster) and watch the failover")
+	noKeepers := fs.Bool("no-keepers", false, "run PostgreSQL without a keeper beside each server (no lease, no rejoin; k then kills the postmaster alone)")
 	logLevel := fs.String("log-level", "warn", "witness log level shown on stderr")
 	refresh := fs.Duration("refresh", time.Second, "how often the status is checked (the table is reprinted when it changes)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: regent lab [--dir DIR] [--witnesses 3|5] [--no-postgres] [--kill-primary] [--log-level LEVEL] [--refresh DURATION]")
+		fmt.Fprintln(stderr, "usage: regent lab [--dir DIR] [--witnesses 3|5] [--no-postgres] [--no-keepers] [--kill-primary] [--log-level LEVEL] [--refresh DURATION]")
 		return 2
 	}
 	if *noPostgres && *killPrimary {
@@ -134,7 +135,7 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fmt.Fprintln(stdout, "regent lab: starting (Ctrl-C stops it)")
-	l, err := lab.Start(ctx, lab.Options{Dir: *dir, Witnesses: *witnesses, NoPostgres: *noPostgres, Logger: logger,
+	l, err := lab.Start(ctx, lab.Options{Dir: *dir, Witnesses: *witnesses, NoPostgres: *noPostgres, Keepers: !*noKeepers && !*noPostgres, Logger: logger,
 		Progress: &linePrefixer{w: stdout, prefix: "regent lab: "}})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -165,7 +166,7 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stdout, "Ctrl-C (or q + Enter) stops the lab.")
 	} else {
-		fmt.Fprintf(stdout, "Cluster %s is healthy. Type k + Enter to kill the primary (kill -9 of its postmaster), q + Enter to quit; Ctrl-C stops the lab too.\n", lab.ClusterName)
+		fmt.Fprintf(stdout, "Cluster %s is healthy. Type %s, q + Enter to quit; Ctrl-C stops the lab too.\n", lab.ClusterName, labKeys(*noKeepers))
 	}
 
 	// Key presses arrive as lines; at the end of input (no terminal, CI) the lab keeps running.
@@ -189,8 +190,12 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "\nregent lab: %v\n", err)
 			return
 		}
-		fmt.Fprintf(stdout, "\n── %s ── killed primary %s (%s, %s:%d): SIGKILL to postmaster pid %d. The witnesses notice within down_after and fail over; watch the table.\n",
-			k.At.Format("15:04:05.000"), k.Node.Name, k.Node.Region, k.Node.Server.Host, k.Node.Server.Port, k.PID)
+		what := fmt.Sprintf("SIGKILL to postmaster pid %d", k.PID)
+		if k.Host {
+			what = fmt.Sprintf("its whole host lost: keeper gone and SIGKILL to postmaster pid %d; r + Enter brings the host back", k.PID)
+		}
+		fmt.Fprintf(stdout, "\n── %s ── killed primary %s (%s, %s:%d): %s. The witnesses notice within down_after and fail over; watch the table.\n",
+			k.At.Format("15:04:05.000"), k.Node.Name, k.Node.Region, k.Node.Server.Host, k.Node.Server.Port, what)
 		go func() {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 			defer cancel()
@@ -203,6 +208,33 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			failovers <- describeFailover(ev, k.At)
 		}()
+	}
+	revive := func() {
+		down := l.Down()
+		if len(down) == 0 {
+			fmt.Fprintln(stdout, "regent lab: no host is down (k loses the primary's host first)")
+			return
+		}
+		for _, name := range down {
+			if err := l.Revive(name); err != nil {
+				fmt.Fprintf(stdout, "\nregent lab: %v\n", err)
+				continue
+			}
+			fmt.Fprintf(stdout, "\n── %s ── the host of %s is back: its keeper keeps it from writing and the leader has it rejoin as a standby.\n",
+				time.Now().Format("15:04:05.000"), name)
+			go func() {
+				wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+				defer cancel()
+				msg, err := l.WaitRejoin(wctx, name)
+				if err != nil {
+					if ctx.Err() == nil {
+						failovers <- fmt.Sprintf("%s has not rejoined within 3 minutes: %v (see regent rejoin --cluster %s)", name, err, lab.ClusterName)
+					}
+					return
+				}
+				failovers <- msg
+			}()
+		}
 	}
 	if *killPrimary {
 		kill()
@@ -232,12 +264,22 @@ func runLab(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				kill()
 			case key == "k":
 				fmt.Fprintln(stdout, "regent lab: no PostgreSQL in this lab (--no-postgres): nothing to kill")
+			case key == "r" && !*noPostgres:
+				revive()
 			case key != "":
-				fmt.Fprintln(stdout, "regent lab: type k + Enter to kill the primary, q + Enter to quit")
+				fmt.Fprintf(stdout, "regent lab: type %s, q + Enter to quit\n", labKeys(*noKeepers))
 			}
 		case <-time.After(*refresh):
 		}
 	}
+}
+
+// labKeys says which keys the full lab takes.
+func labKeys(noKeepers bool) string {
+	if noKeepers {
+		return "k + Enter to kill the primary (kill -9 of its postmaster)"
+	}
+	return "k + Enter to lose the primary's host (its keeper and postmaster), r + Enter to bring it back"
 }
 
 // describeFailover summarises a finished failover with its steps' times after the kill.
