@@ -1,11 +1,14 @@
 package gossip
 
 import (
-	"github.com/regentdb/regent/internal/poll"
+	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/regentdb/regent/internal/freeport"
+	"github.com/regentdb/regent/internal/poll"
 )
 
 func start(t *testing.T, name string) (*Gossip, string) {
@@ -62,5 +65,95 @@ func TestJoinUnreachable(t *testing.T) {
 	}
 	if _, err := a.Join([]string{dead}); err == nil {
 		t.Fatal("join of a dead address succeeded")
+	}
+}
+
+func TestKeepersAreNotPeers(t *testing.T) {
+	w, wAddr := start(t, "w1")
+	kAddr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := KeeperName("orders", "pg-us")
+	k, err := New(Config{Name: name, BindAddr: kAddr, Fast: true,
+		Meta: Meta{Role: RoleKeeper, Cluster: "orders", Node: "pg-us", GRPCAddr: "127.0.0.1:8009", HTTPAddr: "127.0.0.1:8008"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Join([]string{wAddr}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the keeper alive on the witness", func() bool {
+		ks := w.Keepers()
+		return len(ks) == 1 && ks[0].State == "alive"
+	})
+	got := w.Keepers()[0]
+	if got.Name != name || got.Meta.Cluster != "orders" || got.Meta.Node != "pg-us" || got.Meta.GRPCAddr != "127.0.0.1:8009" ||
+		got.Meta.HTTPAddr != "127.0.0.1:8008" || got.Addr != kAddr || got.Since.IsZero() || !got.Meta.IsKeeper() {
+		t.Errorf("witness sees the keeper as %+v", got)
+	}
+	if ps := w.Peers(); len(ps) != 1 || ps[0].Name != "w1" {
+		t.Errorf("witness peers = %+v, want only itself", ps)
+	}
+	// The keeper sees the witness as a peer and itself as a keeper.
+	waitFor(t, "the witness on the keeper", func() bool { return len(k.Peers()) == 1 && len(k.Keepers()) == 1 })
+
+	// Stopped without leaving (a lost host): the witness declares it dead, not left.
+	since := got.Since
+	if err := k.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the keeper dead on the witness", func() bool {
+		ks := w.Keepers()
+		return len(ks) == 1 && ks[0].State == "dead"
+	})
+	if ks := w.Keepers(); !ks[0].Since.After(since) {
+		t.Errorf("since did not move with the state: %v, was %v", ks[0].Since, since)
+	}
+	if ps := w.Peers(); len(ps) != 1 {
+		t.Errorf("witness peers after the keeper died = %+v", ps)
+	}
+}
+
+func TestKeeperLeaves(t *testing.T) {
+	w, wAddr := start(t, "w1")
+	kAddr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := New(Config{Name: KeeperName("orders", "pg-eu"), BindAddr: kAddr, Fast: true,
+		Meta: Meta{Role: RoleKeeper, Cluster: "orders", Node: "pg-eu"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Join([]string{wAddr}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the keeper alive", func() bool { ks := w.Keepers(); return len(ks) == 1 && ks[0].State == "alive" })
+	if err := k.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the keeper left", func() bool { ks := w.Keepers(); return len(ks) == 1 && ks[0].State == "left" })
+}
+
+func TestMetaLimits(t *testing.T) {
+	addr, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", MaxMetaSize)
+	_, err = New(Config{Name: "k", BindAddr: addr, Fast: true, Meta: Meta{Role: RoleKeeper, Cluster: long}})
+	if !errors.Is(err, ErrMetaTooLarge) || !strings.Contains(err.Error(), "512") {
+		t.Errorf("oversized metadata: err = %v, want ErrMetaTooLarge naming the limit", err)
+	}
+	if _, err := New(Config{Name: "k", BindAddr: addr, Fast: true, Meta: Meta{Role: "observer"}}); err == nil {
+		t.Error("an unknown role was accepted")
+	}
+	// The largest keeper metadata the keeper's configuration allows fits.
+	name63 := strings.Repeat("n", 63)
+	host := "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+	b, _ := json.Marshal(Meta{Role: RoleKeeper, Cluster: name63, Node: name63, GRPCAddr: host, HTTPAddr: host})
+	if len(b) > MaxMetaSize {
+		t.Errorf("a keeper's metadata with 63-character names and IPv6 addresses takes %d bytes", len(b))
 	}
 }
