@@ -66,15 +66,9 @@ func (a *Agent) bootstrapLoop(ctx context.Context) {
 }
 
 func (a *Agent) maybeBootstrap() {
-	voters := map[string]string{}
-	for _, p := range a.gossip.Peers() {
-		if p.State != "alive" {
-			continue
-		}
-		if p.Meta.HasState {
-			return // a cluster exists: wait for its leader to add us
-		}
-		voters[p.Meta.ID] = p.Meta.RaftAddr
+	voters, exists := bootstrapVoters(a.gossip.Peers())
+	if exists {
+		return // a cluster exists: wait for its leader to add us
 	}
 	if len(voters) < a.cfg.BootstrapExpect {
 		return
@@ -87,6 +81,35 @@ func (a *Agent) maybeBootstrap() {
 	if err := a.store.Bootstrap(voters); err != nil {
 		a.logger.Error("bootstrap failed", "err", err)
 	}
+}
+
+// bootstrapVoters is the Raft configuration the alive fresh witnesses among peers would
+// bootstrap with (ID → Raft address), or exists = true when one of them already has Raft
+// state. Only witnesses count: a keeper (or any member without a Raft identity) is never a
+// voter and never counts toward bootstrap_expect, whatever gossip hands over.
+func bootstrapVoters(peers []gossip.Peer) (voters map[string]string, exists bool) {
+	voters = map[string]string{}
+	for _, p := range raftCandidates(peers) {
+		if p.Meta.HasState {
+			return nil, true
+		}
+		voters[p.Meta.ID] = p.Meta.RaftAddr
+	}
+	return voters, false
+}
+
+// raftCandidates are the peers that may be Raft servers, sorted by name: alive witnesses
+// with a Raft identity and address. Bootstrap and reconcile build membership only from these.
+func raftCandidates(peers []gossip.Peer) []gossip.Peer {
+	var out []gossip.Peer
+	for _, p := range peers {
+		if p.State != "alive" || !p.Meta.IsWitness() || p.Meta.ID == "" || p.Meta.RaftAddr == "" {
+			continue
+		}
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // leaderLoop runs one leader session per term in which this node leads, under a context that
@@ -170,7 +193,8 @@ func (a *Agent) lead(ctx context.Context) {
 	}
 }
 
-// reconcile makes the member table and the Raft configuration match the alive gossip peers:
+// reconcile makes the member table and the Raft configuration match the alive gossip witnesses
+// (raftCandidates: never a keeper):
 // records each witness's addresses, adds missing witnesses as voters up to five (non-voters
 // beyond), promotes non-voters while there is room, and never re-adds a removed witness.
 func (a *Agent) reconcile(ctx context.Context) {
@@ -193,14 +217,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 			voters++
 		}
 	}
-	peers := a.gossip.Peers()
-	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
-	for _, p := range peers {
+	for _, p := range raftCandidates(a.gossip.Peers()) {
 		if ctx.Err() != nil || !a.store.IsLeader() {
 			return
-		}
-		if p.State != "alive" || p.Meta.ID == "" {
-			continue
 		}
 		if a.fsm.IsRemoved(p.Meta.ID) {
 			continue
