@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/regentdb/regent/fsm"
 	"github.com/regentdb/regent/gossip"
@@ -492,13 +493,32 @@ func (s *Server) checkCluster(st *regentv1.State, name string) error {
 	return status.Errorf(codes.NotFound, "cluster %q does not exist (see regent cluster list)", name)
 }
 
-// Members returns the witnesses with their Raft roles.
+// Members returns the witnesses with their Raft roles, and the keepers in this witness's gossip.
 func (s *Server) Members(ctx context.Context, req *regentv1.MembersRequest) (*regentv1.MembersResponse, error) {
 	if resp, fwd, err := readVia(s, ctx, req.GetRead(), req, regentv1.RegentClient.Members); fwd {
 		return resp, err
 	}
 	leader, members := s.memberStatus()
-	return &regentv1.MembersResponse{Leader: leader, Members: members}, nil
+	return &regentv1.MembersResponse{Leader: leader, Members: members, Keepers: s.keeperStatus()}, nil
+}
+
+// keeperStatus is this witness's gossip view of the keepers, sorted by cluster and node.
+func (s *Server) keeperStatus() []*regentv1.KeeperMember {
+	peers := s.gossip.Keepers()
+	out := make([]*regentv1.KeeperMember, 0, len(peers))
+	for _, p := range peers {
+		out = append(out, &regentv1.KeeperMember{
+			Cluster: p.Meta.Cluster, Node: p.Meta.Node, KeeperAddr: p.Meta.GRPCAddr, HttpAddr: p.Meta.HTTPAddr,
+			GossipAddr: p.Addr, Gossip: p.State, Since: timestamppb.New(p.Since),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].GetCluster() != out[j].GetCluster() {
+			return out[i].GetCluster() < out[j].GetCluster()
+		}
+		return out[i].GetNode() < out[j].GetNode()
+	})
+	return out
 }
 
 // memberStatus merges the Raft configuration, gossip and the member table.

@@ -38,7 +38,8 @@ type fakeServer struct {
 	state    *regentv1.GetStateResponse
 	apply    *regentv1.ApplyClusterResponse
 	failover *regentv1.FailoverResponse
-	paused   string // pause reason Pause answers with; the request's reason when empty
+	paused   string                   // pause reason Pause answers with; the request's reason when empty
+	keepers  []*regentv1.KeeperMember // Members answers them
 	watch    []*regentv1.WatchEvent
 	watchEOF bool  // end the stream after sending watch, instead of waiting for the client
 	err      error // when set, every call fails with it
@@ -123,7 +124,7 @@ func (f *fakeServer) Members(_ context.Context, req *regentv1.MembersRequest) (*
 	if err := f.record("Members", req); err != nil {
 		return nil, err
 	}
-	return &regentv1.MembersResponse{Leader: f.state.GetLeader(), Members: f.state.GetMembers()}, nil
+	return &regentv1.MembersResponse{Leader: f.state.GetLeader(), Members: f.state.GetMembers(), Keepers: f.keepers}, nil
 }
 
 func (f *fakeServer) RemoveMember(_ context.Context, req *regentv1.RemoveMemberRequest) (*regentv1.RemoveMemberResponse, error) {
@@ -331,6 +332,18 @@ func cannedState() *regentv1.GetStateResponse {
 	}
 }
 
+// cannedKeepers are the keepers a witness's gossip knows: one alive, one whose host is lost,
+// one stopped by its operator.
+func cannedKeepers() []*regentv1.KeeperMember {
+	return []*regentv1.KeeperMember{
+		{Cluster: "orders", Node: "pg-us", KeeperAddr: "10.0.1.1:8009", HttpAddr: "10.0.1.1:8008", GossipAddr: "10.0.1.1:7301",
+			Gossip: "alive", Since: ago(26 * time.Hour)},
+		{Cluster: "orders", Node: "pg-eu", KeeperAddr: "10.1.1.1:8009", HttpAddr: "10.1.1.1:8008", GossipAddr: "10.1.1.1:7301",
+			Gossip: "dead", Since: ago(12 * time.Second)},
+		{Cluster: "billing", Node: "b1", KeeperAddr: "b1.internal:8009", GossipAddr: "b1.internal:7301", Gossip: "left", Since: ago(5 * time.Minute)},
+	}
+}
+
 func TestStatusTable(t *testing.T) {
 	f := &fakeServer{state: cannedState()}
 	r := run(t, start(t, f), "status").mustSucceed(t)
@@ -361,7 +374,7 @@ func TestListTables(t *testing.T) {
 		{"events", []string{"events"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeServer{state: cannedState()}
+			f := &fakeServer{state: cannedState(), keepers: cannedKeepers()}
 			r := run(t, start(t, f), tc.args...).mustSucceed(t)
 			golden(t, tc.name+".txt", r.stdout)
 		})

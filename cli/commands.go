@@ -164,9 +164,14 @@ func (r *runner) listMembers() error {
 	fmt.Fprintf(r.stdout, "leader: %s\n", leader)
 	if len(resp.GetMembers()) == 0 {
 		fmt.Fprintln(r.stdout, "no members")
-		return nil
+	} else if err := printMembers(r.stdout, resp.GetMembers()); err != nil {
+		return err
 	}
-	return printMembers(r.stdout, resp.GetMembers())
+	if len(resp.GetKeepers()) == 0 {
+		return nil // keepers without gossip_addr are not in gossip: nothing to say
+	}
+	fmt.Fprintf(r.stdout, "\nKEEPERS (in the gossip of the witness that answered; never Raft members)\n")
+	return printKeepers(r.stdout, resp.GetKeepers(), r.now())
 }
 
 func (r *runner) removeMember(name string) error {

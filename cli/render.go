@@ -217,6 +217,23 @@ func printMembers(w io.Writer, members []*regentv1.MemberStatus) error {
 	return t.flush()
 }
 
+// printKeepers writes one row per keeper in gossip, sorted by cluster and node.
+func printKeepers(w io.Writer, keepers []*regentv1.KeeperMember, now time.Time) error {
+	ks := append([]*regentv1.KeeperMember(nil), keepers...)
+	sort.SliceStable(ks, func(i, j int) bool {
+		if ks[i].GetCluster() != ks[j].GetCluster() {
+			return ks[i].GetCluster() < ks[j].GetCluster()
+		}
+		return ks[i].GetNode() < ks[j].GetNode()
+	})
+	t := newTable(w, "CLUSTER", "NODE", "GOSSIP", "SINCE", "KEEPER_ADDR", "HTTP_ADDR")
+	for _, k := range ks {
+		t.row(dash(k.GetCluster()), dash(k.GetNode()), dash(k.GetGossip()), age(k.GetSince(), now),
+			dash(k.GetKeeperAddr()), dash(k.GetHttpAddr()))
+	}
+	return t.flush()
+}
+
 func sortedClusters(clusters []*regentv1.Cluster) []*regentv1.Cluster {
 	cs := append([]*regentv1.Cluster(nil), clusters...)
 	sort.SliceStable(cs, func(i, j int) bool { return cs[i].GetName() < cs[j].GetName() })

@@ -868,9 +868,13 @@ func (x *MembersRequest) GetRead() *ReadOptions {
 }
 
 type MembersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Leader        string                 `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
-	Members       []*MemberStatus        `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Leader  string                 `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	Members []*MemberStatus        `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// The keepers in the answering witness's gossip (those configured with gossip_addr), sorted
+	// by cluster and node. Keepers are never Raft members; this is the witness's own view, not
+	// replicated state.
+	Keepers       []*KeeperMember `protobuf:"bytes,3,rep,name=keepers,proto3" json:"keepers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +923,112 @@ func (x *MembersResponse) GetMembers() []*MemberStatus {
 	return nil
 }
 
+func (x *MembersResponse) GetKeepers() []*KeeperMember {
+	if x != nil {
+		return x.Keepers
+	}
+	return nil
+}
+
+// KeeperMember is a keeper as the answering witness's gossip sees it.
+type KeeperMember struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The node's name in the cluster spec.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Where its Keeper API (the spec's keeper_addr) and health endpoints listen, as it advertises.
+	KeeperAddr string `protobuf:"bytes,3,opt,name=keeper_addr,json=keeperAddr,proto3" json:"keeper_addr,omitempty"`
+	HttpAddr   string `protobuf:"bytes,4,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	// Its gossip address.
+	GossipAddr string `protobuf:"bytes,5,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// Gossip health: alive, dead (the failure detector gave up on it) or left (it said goodbye).
+	// A keeper merely suspected reads alive until it is declared dead.
+	Gossip string `protobuf:"bytes,6,opt,name=gossip,proto3" json:"gossip,omitempty"`
+	// When this witness first saw it in that state.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeeperMember) Reset() {
+	*x = KeeperMember{}
+	mi := &file_regent_v1_api_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeeperMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeeperMember) ProtoMessage() {}
+
+func (x *KeeperMember) ProtoReflect() protoreflect.Message {
+	mi := &file_regent_v1_api_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeeperMember.ProtoReflect.Descriptor instead.
+func (*KeeperMember) Descriptor() ([]byte, []int) {
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KeeperMember) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetKeeperAddr() string {
+	if x != nil {
+		return x.KeeperAddr
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetGossip() string {
+	if x != nil {
+		return x.Gossip
+	}
+	return ""
+}
+
+func (x *KeeperMember) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 type RemoveMemberRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -928,7 +1038,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[16]
+	mi := &file_regent_v1_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1050,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[16]
+	mi := &file_regent_v1_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1063,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{16}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveMemberRequest) GetName() string {
@@ -972,7 +1082,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[17]
+	mi := &file_regent_v1_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1094,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[17]
+	mi := &file_regent_v1_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1107,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{17}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveMemberResponse) GetIndex() uint64 {
@@ -1017,7 +1127,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[18]
+	mi := &file_regent_v1_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1139,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[18]
+	mi := &file_regent_v1_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1152,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{18}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchRequest) GetFromIndex() uint64 {
@@ -1076,7 +1186,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_regent_v1_api_proto_msgTypes[19]
+	mi := &file_regent_v1_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1198,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[19]
+	mi := &file_regent_v1_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1211,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{19}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEvent) GetIndex() uint64 {
@@ -1203,7 +1313,7 @@ type Observation struct {
 
 func (x *Observation) Reset() {
 	*x = Observation{}
-	mi := &file_regent_v1_api_proto_msgTypes[20]
+	mi := &file_regent_v1_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1325,7 @@ func (x *Observation) String() string {
 func (*Observation) ProtoMessage() {}
 
 func (x *Observation) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[20]
+	mi := &file_regent_v1_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1338,7 @@ func (x *Observation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Observation.ProtoReflect.Descriptor instead.
 func (*Observation) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{20}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Observation) GetCluster() string {
@@ -1360,7 +1470,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[21]
+	mi := &file_regent_v1_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1482,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[21]
+	mi := &file_regent_v1_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1495,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{21}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReportRequest) GetWitness() string {
@@ -1410,7 +1520,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[22]
+	mi := &file_regent_v1_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1532,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[22]
+	mi := &file_regent_v1_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1545,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{22}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{23}
 }
 
 type FailoverRequest struct {
@@ -1452,7 +1562,7 @@ type FailoverRequest struct {
 
 func (x *FailoverRequest) Reset() {
 	*x = FailoverRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[23]
+	mi := &file_regent_v1_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1574,7 @@ func (x *FailoverRequest) String() string {
 func (*FailoverRequest) ProtoMessage() {}
 
 func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[23]
+	mi := &file_regent_v1_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1587,7 @@ func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
 func (*FailoverRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{23}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FailoverRequest) GetCluster() string {
@@ -1517,7 +1627,7 @@ type FailoverResponse struct {
 
 func (x *FailoverResponse) Reset() {
 	*x = FailoverResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[24]
+	mi := &file_regent_v1_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1639,7 @@ func (x *FailoverResponse) String() string {
 func (*FailoverResponse) ProtoMessage() {}
 
 func (x *FailoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[24]
+	mi := &file_regent_v1_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1652,7 @@ func (x *FailoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverResponse.ProtoReflect.Descriptor instead.
 func (*FailoverResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{24}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FailoverResponse) GetEvent() *FailoverEvent {
@@ -1567,7 +1677,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[25]
+	mi := &file_regent_v1_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1689,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[25]
+	mi := &file_regent_v1_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1702,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{25}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SwitchoverRequest) GetCluster() string {
@@ -1632,7 +1742,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[26]
+	mi := &file_regent_v1_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1754,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[26]
+	mi := &file_regent_v1_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1767,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{26}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SwitchoverResponse) GetEvent() *FailoverEvent {
@@ -1677,7 +1787,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[27]
+	mi := &file_regent_v1_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1799,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[27]
+	mi := &file_regent_v1_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1812,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseRequest) GetCluster() string {
@@ -1728,7 +1838,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[28]
+	mi := &file_regent_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1850,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[28]
+	mi := &file_regent_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1863,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{28}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseResponse) GetCluster() *Cluster {
@@ -1772,7 +1882,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[29]
+	mi := &file_regent_v1_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1894,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[29]
+	mi := &file_regent_v1_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1907,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{29}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeRequest) GetCluster() string {
@@ -1816,7 +1926,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[30]
+	mi := &file_regent_v1_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1938,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[30]
+	mi := &file_regent_v1_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1951,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{30}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeResponse) GetCluster() *Cluster {
@@ -1862,7 +1972,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[31]
+	mi := &file_regent_v1_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +1984,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[31]
+	mi := &file_regent_v1_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +1997,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RenewLeaseRequest) GetCluster() string {
@@ -1931,7 +2041,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[32]
+	mi := &file_regent_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2053,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[32]
+	mi := &file_regent_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2066,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RenewLeaseResponse) GetGranted() bool {
@@ -2021,7 +2131,7 @@ type RevokeLeaseRequest struct {
 
 func (x *RevokeLeaseRequest) Reset() {
 	*x = RevokeLeaseRequest{}
-	mi := &file_regent_v1_api_proto_msgTypes[33]
+	mi := &file_regent_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2143,7 @@ func (x *RevokeLeaseRequest) String() string {
 func (*RevokeLeaseRequest) ProtoMessage() {}
 
 func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[33]
+	mi := &file_regent_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2156,7 @@ func (x *RevokeLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeLeaseRequest) GetCluster() string {
@@ -2090,7 +2200,7 @@ type RevokeLeaseResponse struct {
 
 func (x *RevokeLeaseResponse) Reset() {
 	*x = RevokeLeaseResponse{}
-	mi := &file_regent_v1_api_proto_msgTypes[34]
+	mi := &file_regent_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2212,7 @@ func (x *RevokeLeaseResponse) String() string {
 func (*RevokeLeaseResponse) ProtoMessage() {}
 
 func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_regent_v1_api_proto_msgTypes[34]
+	mi := &file_regent_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2225,7 @@ func (x *RevokeLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RevokeLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_regent_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_regent_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeLeaseResponse) GetWitness() string {
@@ -2190,10 +2300,21 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x0ffailover_events\x18\x01 \x03(\v2\x18.regent.v1.FailoverEventR\x0efailoverEvents\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"<\n" +
 	"\x0eMembersRequest\x12*\n" +
-	"\x04read\x18\x01 \x01(\v2\x16.regent.v1.ReadOptionsR\x04read\"\\\n" +
+	"\x04read\x18\x01 \x01(\v2\x16.regent.v1.ReadOptionsR\x04read\"\x8f\x01\n" +
 	"\x0fMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x121\n" +
-	"\amembers\x18\x02 \x03(\v2\x17.regent.v1.MemberStatusR\amembers\")\n" +
+	"\amembers\x18\x02 \x03(\v2\x17.regent.v1.MemberStatusR\amembers\x121\n" +
+	"\akeepers\x18\x03 \x03(\v2\x17.regent.v1.KeeperMemberR\akeepers\"\xe5\x01\n" +
+	"\fKeeperMember\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1f\n" +
+	"\vkeeper_addr\x18\x03 \x01(\tR\n" +
+	"keeperAddr\x12\x1b\n" +
+	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x1f\n" +
+	"\vgossip_addr\x18\x05 \x01(\tR\n" +
+	"gossipAddr\x12\x16\n" +
+	"\x06gossip\x18\x06 \x01(\tR\x06gossip\x120\n" +
+	"\x05since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05since\")\n" +
 	"\x13RemoveMemberRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\",\n" +
 	"\x14RemoveMemberResponse\x12\x14\n" +
@@ -2318,7 +2439,7 @@ func file_regent_v1_api_proto_rawDescGZIP() []byte {
 	return file_regent_v1_api_proto_rawDescData
 }
 
-var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_regent_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_regent_v1_api_proto_goTypes = []any{
 	(*ReadOptions)(nil),                // 0: regent.v1.ReadOptions
 	(*GetStateRequest)(nil),            // 1: regent.v1.GetStateRequest
@@ -2336,100 +2457,103 @@ var file_regent_v1_api_proto_goTypes = []any{
 	(*ListFailoverEventsResponse)(nil), // 13: regent.v1.ListFailoverEventsResponse
 	(*MembersRequest)(nil),             // 14: regent.v1.MembersRequest
 	(*MembersResponse)(nil),            // 15: regent.v1.MembersResponse
-	(*RemoveMemberRequest)(nil),        // 16: regent.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 17: regent.v1.RemoveMemberResponse
-	(*WatchRequest)(nil),               // 18: regent.v1.WatchRequest
-	(*WatchEvent)(nil),                 // 19: regent.v1.WatchEvent
-	(*Observation)(nil),                // 20: regent.v1.Observation
-	(*ReportRequest)(nil),              // 21: regent.v1.ReportRequest
-	(*ReportResponse)(nil),             // 22: regent.v1.ReportResponse
-	(*FailoverRequest)(nil),            // 23: regent.v1.FailoverRequest
-	(*FailoverResponse)(nil),           // 24: regent.v1.FailoverResponse
-	(*SwitchoverRequest)(nil),          // 25: regent.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),         // 26: regent.v1.SwitchoverResponse
-	(*PauseRequest)(nil),               // 27: regent.v1.PauseRequest
-	(*PauseResponse)(nil),              // 28: regent.v1.PauseResponse
-	(*ResumeRequest)(nil),              // 29: regent.v1.ResumeRequest
-	(*ResumeResponse)(nil),             // 30: regent.v1.ResumeResponse
-	(*RenewLeaseRequest)(nil),          // 31: regent.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 32: regent.v1.RenewLeaseResponse
-	(*RevokeLeaseRequest)(nil),         // 33: regent.v1.RevokeLeaseRequest
-	(*RevokeLeaseResponse)(nil),        // 34: regent.v1.RevokeLeaseResponse
-	(*Cluster)(nil),                    // 35: regent.v1.Cluster
-	(*ReplicationChannel)(nil),         // 36: regent.v1.ReplicationChannel
-	(*FailoverEvent)(nil),              // 37: regent.v1.FailoverEvent
-	(*ClusterSpec)(nil),                // 38: regent.v1.ClusterSpec
-	(*Member)(nil),                     // 39: regent.v1.Member
-	(*AuditRecord)(nil),                // 40: regent.v1.AuditRecord
-	(*State)(nil),                      // 41: regent.v1.State
-	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
+	(*KeeperMember)(nil),               // 16: regent.v1.KeeperMember
+	(*RemoveMemberRequest)(nil),        // 17: regent.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 18: regent.v1.RemoveMemberResponse
+	(*WatchRequest)(nil),               // 19: regent.v1.WatchRequest
+	(*WatchEvent)(nil),                 // 20: regent.v1.WatchEvent
+	(*Observation)(nil),                // 21: regent.v1.Observation
+	(*ReportRequest)(nil),              // 22: regent.v1.ReportRequest
+	(*ReportResponse)(nil),             // 23: regent.v1.ReportResponse
+	(*FailoverRequest)(nil),            // 24: regent.v1.FailoverRequest
+	(*FailoverResponse)(nil),           // 25: regent.v1.FailoverResponse
+	(*SwitchoverRequest)(nil),          // 26: regent.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),         // 27: regent.v1.SwitchoverResponse
+	(*PauseRequest)(nil),               // 28: regent.v1.PauseRequest
+	(*PauseResponse)(nil),              // 29: regent.v1.PauseResponse
+	(*ResumeRequest)(nil),              // 30: regent.v1.ResumeRequest
+	(*ResumeResponse)(nil),             // 31: regent.v1.ResumeResponse
+	(*RenewLeaseRequest)(nil),          // 32: regent.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 33: regent.v1.RenewLeaseResponse
+	(*RevokeLeaseRequest)(nil),         // 34: regent.v1.RevokeLeaseRequest
+	(*RevokeLeaseResponse)(nil),        // 35: regent.v1.RevokeLeaseResponse
+	(*Cluster)(nil),                    // 36: regent.v1.Cluster
+	(*ReplicationChannel)(nil),         // 37: regent.v1.ReplicationChannel
+	(*FailoverEvent)(nil),              // 38: regent.v1.FailoverEvent
+	(*ClusterSpec)(nil),                // 39: regent.v1.ClusterSpec
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*Member)(nil),                     // 41: regent.v1.Member
+	(*AuditRecord)(nil),                // 42: regent.v1.AuditRecord
+	(*State)(nil),                      // 43: regent.v1.State
 }
 var file_regent_v1_api_proto_depIdxs = []int32{
 	0,  // 0: regent.v1.GetStateRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 1: regent.v1.GetStateResponse.members:type_name -> regent.v1.MemberStatus
-	35, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
-	36, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
-	37, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	38, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	35, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	36, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
+	37, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
+	38, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	39, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	36, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
 	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	35, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	36, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
 	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	36, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	37, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
 	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	37, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	38, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
 	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
 	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	35, // 15: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	39, // 16: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	36, // 17: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	37, // 18: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	40, // 19: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	41, // 20: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	42, // 21: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
-	42, // 22: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
-	20, // 23: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
-	37, // 24: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
-	37, // 25: regent.v1.SwitchoverResponse.event:type_name -> regent.v1.FailoverEvent
-	35, // 26: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
-	35, // 27: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
-	1,  // 28: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 29: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 30: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 31: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 32: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 33: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 34: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	16, // 35: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	18, // 36: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	21, // 37: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
-	23, // 38: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
-	25, // 39: regent.v1.Regent.Switchover:input_type -> regent.v1.SwitchoverRequest
-	27, // 40: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
-	29, // 41: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
-	31, // 42: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
-	33, // 43: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
-	3,  // 44: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 45: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 46: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 47: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 48: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 49: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 50: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	17, // 51: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	19, // 52: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	22, // 53: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
-	24, // 54: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
-	26, // 55: regent.v1.Regent.Switchover:output_type -> regent.v1.SwitchoverResponse
-	28, // 56: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
-	30, // 57: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
-	32, // 58: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
-	34, // 59: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
-	44, // [44:60] is the sub-list for method output_type
-	28, // [28:44] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	16, // 15: regent.v1.MembersResponse.keepers:type_name -> regent.v1.KeeperMember
+	40, // 16: regent.v1.KeeperMember.since:type_name -> google.protobuf.Timestamp
+	36, // 17: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	41, // 18: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	37, // 19: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	38, // 20: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	42, // 21: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	43, // 22: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	40, // 23: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	40, // 24: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	21, // 25: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
+	38, // 26: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
+	38, // 27: regent.v1.SwitchoverResponse.event:type_name -> regent.v1.FailoverEvent
+	36, // 28: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
+	36, // 29: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
+	1,  // 30: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 31: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 32: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 33: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 34: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 35: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 36: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	17, // 37: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	19, // 38: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	22, // 39: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
+	24, // 40: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
+	26, // 41: regent.v1.Regent.Switchover:input_type -> regent.v1.SwitchoverRequest
+	28, // 42: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
+	30, // 43: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
+	32, // 44: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
+	34, // 45: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
+	3,  // 46: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 47: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 48: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 49: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 50: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 51: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 52: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	18, // 53: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	20, // 54: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	23, // 55: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	25, // 56: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
+	27, // 57: regent.v1.Regent.Switchover:output_type -> regent.v1.SwitchoverResponse
+	29, // 58: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
+	31, // 59: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
+	33, // 60: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
+	35, // 61: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
+	46, // [46:62] is the sub-list for method output_type
+	30, // [30:46] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
@@ -2444,7 +2568,7 @@ func file_regent_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_regent_v1_api_proto_rawDesc), len(file_regent_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

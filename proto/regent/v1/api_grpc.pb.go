@@ -56,7 +56,7 @@ type RegentClient interface {
 	ListChannels(ctx context.Context, in *ListChannelsRequest, opts ...grpc.CallOption) (*ListChannelsResponse, error)
 	// ListFailoverEvents returns failover events, optionally of one cluster.
 	ListFailoverEvents(ctx context.Context, in *ListFailoverEventsRequest, opts ...grpc.CallOption) (*ListFailoverEventsResponse, error)
-	// Members returns the witnesses with their Raft roles.
+	// Members returns the witnesses with their Raft roles, and the keepers gossip knows of.
 	Members(ctx context.Context, in *MembersRequest, opts ...grpc.CallOption) (*MembersResponse, error)
 	// RemoveMember removes a witness from the Raft configuration and the member table.
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
@@ -277,7 +277,7 @@ type RegentServer interface {
 	ListChannels(context.Context, *ListChannelsRequest) (*ListChannelsResponse, error)
 	// ListFailoverEvents returns failover events, optionally of one cluster.
 	ListFailoverEvents(context.Context, *ListFailoverEventsRequest) (*ListFailoverEventsResponse, error)
-	// Members returns the witnesses with their Raft roles.
+	// Members returns the witnesses with their Raft roles, and the keepers gossip knows of.
 	Members(context.Context, *MembersRequest) (*MembersResponse, error)
 	// RemoveMember removes a witness from the Raft configuration and the member table.
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
