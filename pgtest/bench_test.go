@@ -3,9 +3,12 @@ package pgtest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -289,6 +292,43 @@ func TestCloseLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("bench dir %s survived Close: %v", dir, err)
+	}
+}
+
+// A postmaster started on a bench server's data directory by someone else (a keeper's pg_ctl
+// after pgtest's own died) is shut down by Close too, not left running or only killed late.
+func TestCloseStopsAForeignPostmaster(t *testing.T) {
+	pgtest.RequirePostgres(t)
+	ctx := ctxT(t, 2*time.Minute)
+	b, err := pgtest.New(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := b.Primary
+	if err := s.Kill9(); err != nil {
+		t.Fatal(err)
+	}
+	opts := fmt.Sprintf("-p %d -c listen_addresses=%s -c unix_socket_directories=%s -c cluster_name=%s", s.Port, s.Host, s.Dir, s.Name)
+	if out, err := b.Run(ctx, "pg_ctl", "start", "-w", "-D", s.DataDir, "-l", filepath.Join(s.Dir, "foreign.log"), "-o", opts); err != nil {
+		t.Fatalf("pg_ctl start: %v: %s", err, out)
+	}
+	pidFile, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(pidFile), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || !alive(pid) {
+		t.Fatalf("foreign postmaster pid %q (%v) not running", first, err)
+	}
+	if s.Running() {
+		t.Fatal("pgtest claims the foreign postmaster as its own")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close with a foreign postmaster: %v", err)
+	}
+	if alive(pid) {
+		t.Errorf("foreign postmaster %d survived Close", pid)
 	}
 }
 

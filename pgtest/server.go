@@ -250,12 +250,36 @@ func (s *Server) Stop(ctx context.Context) error {
 			<-p.done
 			return fmt.Errorf("pgtest: fast shutdown of %s did not finish, killed it instead: %w", s, ctx.Err())
 		}
+	} else if pid := s.foreignPostmaster(); pid != 0 {
+		// Started by someone else on this data directory (a keeper's pg_ctl after pgtest's own
+		// postmaster died): ask it for a fast shutdown too, rather than wait and then kill.
+		_ = syscall.Kill(pid, syscall.SIGINT)
 	}
 	if err := s.waitGone(ctx, p.pid); err != nil {
 		s.killGroupLocked()
 		return fmt.Errorf("pgtest: %s stopped but some of its processes lingered, killed them: %w", s, err)
 	}
 	return nil
+}
+
+// foreignPostmaster returns the pid in the data directory's postmaster.pid when that process
+// is alive, runs in the data directory and is not pgtest's own postmaster; else 0. s.mu is held.
+func (s *Server) foreignPostmaster() int {
+	b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 || (s.proc != nil && pid == s.proc.pid) {
+		return 0
+	}
+	for _, p := range dirProcs(s.DataDir) {
+		if p == pid {
+			return pid
+		}
+	}
+	return 0
 }
 
 // Kill9 sends SIGKILL to the postmaster alone, as a crash would, then waits
