@@ -12,8 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regentdb/regent/config"
-	"github.com/regentdb/regent/internal/freeport"
+	"github.com/regentdb/regent/internal/benchkeeper"
 	"github.com/regentdb/regent/internal/witnesstest"
 	"github.com/regentdb/regent/keeper"
 	"github.com/regentdb/regent/pgtest"
@@ -43,70 +42,33 @@ func startKeeperRig(t *testing.T, slowStart time.Duration) (*failoverRig, *keepe
 			t.Fatal(err)
 		}
 	}
-	// Servers the keeper started with pg_ctl are not pgtest's children: stop them before the
-	// bench removes their directories (cleanups run last-registered first).
-	t.Cleanup(func() {
-		for _, s := range b.Servers() {
-			if s.Running() {
-				continue
-			}
-			if _, err := os.Stat(filepath.Join(s.DataDir, "postmaster.pid")); err != nil {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := b.Run(ctx, "pg_ctl", "status", "-D", s.DataDir); err == nil {
-				if _, err := b.Run(ctx, "pg_ctl", "stop", "-D", s.DataDir, "-m", "immediate", "-w"); err != nil {
-					t.Logf("stop %s after the test: %v", s, err)
-				}
-			}
-			cancel()
-		}
-	})
+	// Servers the keeper started with pg_ctl are not pgtest's children; the bench's Close
+	// stops them too (the keeper, registered later, is shut down before it runs).
 	r := &failoverRig{observeRig: &observeRig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2]}}
 	r.c = witnesstest.Start(t, 3, witnesstest.Options{})
 	r.leader = r.c.WaitLeader(wait)
 	r.c.WaitReady(wait)
-	listen := func() string {
-		a, err := freeport.Addr()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
+	var ws []string
+	for _, wc := range r.c.Configs {
+		ws = append(ws, wc.GRPCAddr)
 	}
-	grpcAddr := listen()
+	cfg, err := benchkeeper.Config(b, r.primary, benchkeeper.Options{Cluster: "orders", Node: "pg-us", Witnesses: ws,
+		StateDir: filepath.Join(t.TempDir(), "keeper-pg-us"), LeaseTTL: 2 * time.Second,
+		FenceMargin: 800 * time.Millisecond, // the SQL fence fits under -race
+		LogLevel:    "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BinDir = binDir
 	sp := &regentv1.ClusterSpec{
 		Name: "orders", Primary: "pg-us", Policy: keeperRigPolicy(),
 		Nodes: []*regentv1.NodeSpec{
-			{Name: "pg-us", Region: "us-east", Host: r.primary.Host, Port: uint32(r.primary.Port), KeeperAddr: grpcAddr},
+			{Name: "pg-us", Region: "us-east", Host: r.primary.Host, Port: uint32(r.primary.Port), KeeperAddr: cfg.ListenGRPC},
 			{Name: "pg-eu", Region: "eu-west", Host: r.eu.Host, Port: uint32(r.eu.Port), Priority: 1},
 			{Name: "pg-ap", Region: "ap-south", Host: r.ap.Host, Port: uint32(r.ap.Port)},
 		},
 	}
 	applyRetrying(t, witnesstest.Context(t, wait), r.c, r.leader, sp)
-	var ws []string
-	for _, wc := range r.c.Configs {
-		ws = append(ws, wc.GRPCAddr)
-	}
-	s := r.primary
-	cfg := keeper.Config{
-		NodeName: "pg-us", Cluster: "orders", DataDir: s.DataDir, BinDir: binDir,
-		Host: s.Host, Port: uint16(s.Port),
-		Postgres: config.Postgres{User: pgtest.BootstrapUser, Database: "postgres", SSLMode: "disable"},
-		RunAs:    "postgres",
-		// pgtest passes each server's settings on the command line; so must pg_ctl.
-		PostgresOptions: []string{"-p", strconv.Itoa(s.Port), "-c", "listen_addresses=" + s.Host,
-			"-c", "unix_socket_directories=" + s.Dir, "-c", "cluster_name=" + s.Name},
-		PostgresLog:  filepath.Join(s.Dir, "keeper-postgres.log"),
-		StartTimeout: config.Duration{Duration: time.Minute},
-		Witnesses:    ws,
-		ListenGRPC:   grpcAddr,
-		ListenHTTP:   listen(),
-		StateDir:     filepath.Join(t.TempDir(), "keeper-pg-us"),
-		LeaseTTL:     config.Duration{Duration: 2 * time.Second},
-		LeaseDrift:   0.05,
-		FenceMargin:  config.Duration{Duration: 800 * time.Millisecond}, // the SQL fence fits under -race
-		Log:          config.Log{Format: "text", Level: "debug"},
-	}
 	k, err := keeper.Start(cfg, keeperTestLogger(t))
 	if err != nil {
 		t.Fatalf("start the keeper of pg-us: %v", err)

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,8 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/regentdb/regent/cli"
-	"github.com/regentdb/regent/config"
-	"github.com/regentdb/regent/internal/freeport"
+	"github.com/regentdb/regent/internal/benchkeeper"
 	"github.com/regentdb/regent/internal/witnesstest"
 	"github.com/regentdb/regent/keeper"
 	"github.com/regentdb/regent/pgops"
@@ -50,65 +48,37 @@ func startSwitchoverRig(t *testing.T) *switchoverRig {
 	r := &switchoverRig{observeRig: &observeRig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2]},
 		keepers: map[string]*keeper.Keeper{}}
 	r.servers = map[string]*pgtest.Server{"pg-us": r.primary, "pg-eu": r.eu, "pg-ap": r.ap}
-	// A server a keeper stopped and started again is no longer pgtest's child: stop it
-	// before the bench removes the directories (cleanups run last-registered first, so this
-	// runs after the keepers and witnesses are gone).
-	t.Cleanup(func() {
-		for _, s := range b.Servers() {
-			if !s.Running() {
-				stopForeignPostmaster(t, s)
-			}
-		}
-	})
+	// A server a keeper stopped and started again is no longer pgtest's child; the bench's
+	// Close stops it too (after the keepers, registered later, are gone).
 	r.c = witnesstest.Start(t, 3, witnesstest.Options{})
 	r.leader = r.c.WaitLeader(wait)
 	r.c.WaitReady(wait)
-	listen := func() string {
-		a, err := freeport.Addr()
+	var ws []string
+	for _, wc := range r.c.Configs {
+		ws = append(ws, wc.GRPCAddr)
+	}
+	cfgs := map[string]keeper.Config{}
+	for n, s := range r.servers {
+		cfg, err := benchkeeper.Config(b, s, benchkeeper.Options{Cluster: "orders", Node: n, Witnesses: ws,
+			StateDir: filepath.Join(t.TempDir(), "keeper-"+n), LeaseTTL: switchoverTTL, FenceMargin: 800 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return a
-	}
-	grpcAddr := map[string]string{}
-	for n := range r.servers {
-		grpcAddr[n] = listen()
+		cfgs[n] = cfg
 	}
 	pol := testPolicy()
 	pol.LeaseTtlMs = switchoverTTL.Milliseconds()
 	sp := &regentv1.ClusterSpec{
 		Name: "orders", Primary: "pg-us", Policy: pol,
 		Nodes: []*regentv1.NodeSpec{
-			{Name: "pg-us", Region: "us-east", Host: r.primary.Host, Port: uint32(r.primary.Port), KeeperAddr: grpcAddr["pg-us"]},
-			{Name: "pg-eu", Region: "eu-west", Host: r.eu.Host, Port: uint32(r.eu.Port), KeeperAddr: grpcAddr["pg-eu"]},
-			{Name: "pg-ap", Region: "ap-south", Host: r.ap.Host, Port: uint32(r.ap.Port), KeeperAddr: grpcAddr["pg-ap"]},
+			{Name: "pg-us", Region: "us-east", Host: r.primary.Host, Port: uint32(r.primary.Port), KeeperAddr: cfgs["pg-us"].ListenGRPC},
+			{Name: "pg-eu", Region: "eu-west", Host: r.eu.Host, Port: uint32(r.eu.Port), KeeperAddr: cfgs["pg-eu"].ListenGRPC},
+			{Name: "pg-ap", Region: "ap-south", Host: r.ap.Host, Port: uint32(r.ap.Port), KeeperAddr: cfgs["pg-ap"].ListenGRPC},
 		},
 	}
 	applyRetrying(t, witnesstest.Context(t, wait), r.c, r.leader, sp)
-	var ws []string
-	for _, wc := range r.c.Configs {
-		ws = append(ws, wc.GRPCAddr)
-	}
 	for _, n := range []string{"pg-us", "pg-eu", "pg-ap"} {
-		s := r.servers[n]
-		cfg := keeper.Config{
-			NodeName: n, Cluster: "orders", DataDir: s.DataDir, BinDir: b.BinDir(), Host: s.Host, Port: uint16(s.Port),
-			Postgres: config.Postgres{User: pgtest.BootstrapUser, Database: "postgres", SSLMode: "disable"},
-			RunAs:    "postgres",
-			// pgtest passes the per-node settings on the command line; so must pg_ctl.
-			PostgresOptions: []string{"-p", strconv.Itoa(s.Port), "-c", "listen_addresses=" + s.Host,
-				"-c", "unix_socket_directories=" + s.Dir, "-c", "cluster_name=" + s.Name},
-			PostgresLog:  filepath.Join(s.Dir, "keeper-postgres.log"),
-			StartTimeout: config.Duration{Duration: time.Minute},
-			Witnesses:    ws,
-			ListenGRPC:   grpcAddr[n],
-			ListenHTTP:   listen(),
-			StateDir:     filepath.Join(t.TempDir(), "keeper-"+n),
-			LeaseTTL:     config.Duration{Duration: switchoverTTL},
-			LeaseDrift:   0.05,
-			FenceMargin:  config.Duration{Duration: 800 * time.Millisecond},
-			Log:          config.Log{Format: "text", Level: "info"},
-		}
+		cfg := cfgs[n]
 		var out io.Writer = io.Discard
 		if os.Getenv("REGENT_TEST_LOG") != "" {
 			out = os.Stderr
@@ -137,32 +107,6 @@ func startSwitchoverRig(t *testing.T) *switchoverRig {
 			r.node("pg-ap").GetWalReceiverStatus() == "streaming"
 	})
 	return r
-}
-
-// stopForeignPostmaster stops, immediately, a postmaster on s's data directory that pgtest
-// did not start (a keeper did) and waits until it is gone.
-func stopForeignPostmaster(t *testing.T, s *pgtest.Server) {
-	b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
-	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 0 {
-		return
-	}
-	if err := syscall.Kill(pid, syscall.SIGQUIT); err != nil {
-		return
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Logf("postmaster %d of %s still runs after SIGQUIT", pid, s)
-			return
-		}
-		<-tick.C
-	}
 }
 
 func (r *switchoverRig) cluster() *regentv1.Cluster {

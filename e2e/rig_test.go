@@ -79,10 +79,8 @@ func startRig(t *testing.T, o rigOptions) *rig {
 	for i, name := range names {
 		r.nodes[name] = &node{name: name, pg: b.Servers()[i]}
 	}
-	// Servers a keeper (re)started with pg_ctl are not pgtest's children, so the bench cannot
-	// stop them: stop them before it removes their directories (cleanups run last first, and
-	// the keepers registered later are shut down before this runs).
-	t.Cleanup(r.stopStrayServers)
+	// Servers a keeper (re)started with pg_ctl are not pgtest's children; the bench's Close
+	// stops them too (the keepers, registered later, are shut down before it runs).
 	r.w = witnesstest.Start(t, 3, witnesstest.Options{})
 	leader := r.w.WaitLeader(wait)
 	r.w.WaitReady(wait)
@@ -248,27 +246,6 @@ func (r *rig) stopKeeper(n *node) {
 		r.t.Logf("shut down the keeper of %s: %v", n.name, err)
 	}
 	n.keeper = nil
-}
-
-// stopStrayServers stops, with pg_ctl, every server of the bench that runs but was not
-// started by pgtest.
-func (r *rig) stopStrayServers() {
-	for _, s := range r.bench.Servers() {
-		if s.Running() {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(s.DataDir, "postmaster.pid")); err != nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		// pg_ctl status fails when no server runs (a postmaster killed with -9 leaves its pid file).
-		if _, err := r.bench.Run(ctx, "pg_ctl", "status", "-D", s.DataDir); err == nil {
-			if _, err := r.bench.Run(ctx, "pg_ctl", "stop", "-D", s.DataDir, "-m", "immediate", "-w"); err != nil {
-				r.t.Logf("stop %s after the test: %v", s, err)
-			}
-		}
-		cancel()
-	}
 }
 
 // waitHealthy waits until pg-us's keeper holds the lease and the witnesses see every node

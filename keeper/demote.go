@@ -96,15 +96,8 @@ func (s *service) instructDemote(ctx context.Context, req *regentv1.InstructRequ
 	tok := TokenFromProto(req.GetToken())
 	k.actMu.Lock()
 	defer k.actMu.Unlock()
-	if err := checkToken(tok, k.state.Get().Highest); err != nil {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
-	}
-	if err := k.state.Update(func(st *State) {
-		if tok.Compare(st.Highest) > 0 {
-			st.Highest = tok
-		}
-	}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "recording the fencing token before acting: %v", err)
+	if err := k.admit(tok); err != nil {
+		return nil, err
 	}
 	// Not cancelled with the call: a leader that dies mid-way must not leave a half-stopped
 	// server behind (a cancelled pg_ctl stop would fall back to nothing). The next leader's

@@ -62,26 +62,8 @@ func startRigWith(t *testing.T, ttl time.Duration, settings map[string]string) *
 	b := pgtest.Start(t, pgtest.Options{Standbys: 2, Settings: settings})
 	r := &rig{bench: b, primary: b.Servers()[0], eu: b.Servers()[1], ap: b.Servers()[2], ttl: ttl}
 	r.nodes = map[string]*pgtest.Server{"pg-us": r.primary, "pg-eu": r.eu, "pg-ap": r.ap}
-	// Servers the keeper restarted with pg_ctl are not pgtest's children: stop them before
-	// the bench removes their directories (cleanups run last-registered first).
-	t.Cleanup(func() {
-		for _, s := range b.Servers() {
-			if s.Running() {
-				continue
-			}
-			p := &pgCtl{binDir: b.BinDir(), dataDir: s.DataDir, home: "/"}
-			if os.Geteuid() == 0 {
-				p, _ = newPGCtl(Config{BinDir: b.BinDir(), DataDir: s.DataDir, RunAs: "postgres"})
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if running, _ := p.Status(ctx); running {
-				if err := p.Stop(ctx, "immediate", 20*time.Second); err != nil {
-					t.Logf("stopping %s after the test: %v", s, err)
-				}
-			}
-			cancel()
-		}
-	})
+	// Servers the keeper restarted with pg_ctl are not pgtest's children; the bench's Close
+	// stops them too (the keepers, registered later, are shut down before it runs).
 	r.c = witnesstest.Start(t, 3, witnesstest.Options{})
 	leader := r.c.WaitLeader(wait)
 	r.c.WaitReady(wait)

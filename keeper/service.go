@@ -56,15 +56,8 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 
 	k.actMu.Lock()
 	defer k.actMu.Unlock()
-	if err := checkToken(tok, k.state.Get().Highest); err != nil {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
-	}
-	if err := k.state.Update(func(st *State) {
-		if tok.Compare(st.Highest) > 0 {
-			st.Highest = tok
-		}
-	}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "recording the fencing token before acting: %v", err)
+	if err := k.admit(tok); err != nil {
+		return nil, err
 	}
 	actx, cancel := context.WithTimeout(ctx, maxActionTime)
 	defer cancel()
@@ -268,4 +261,21 @@ func (s *service) KeeperStatus(ctx context.Context, _ *regentv1.KeeperStatusRequ
 		Restarting:        st.Restarting,
 		RestartElapsedMs:  st.RestartElapsed.Milliseconds(),
 	}, nil
+}
+
+// admit refuses a token older than the highest obeyed (FailedPrecondition) and otherwise
+// records it durably before the action runs, so that no older token can act afterwards, even
+// if the action fails or the keeper restarts. actMu is held.
+func (k *Keeper) admit(tok Token) error {
+	if err := checkToken(tok, k.state.Get().Highest); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	if err := k.state.Update(func(st *State) {
+		if tok.Compare(st.Highest) > 0 {
+			st.Highest = tok
+		}
+	}); err != nil {
+		return status.Errorf(codes.Unavailable, "recording the fencing token before acting: %v", err)
+	}
+	return nil
 }

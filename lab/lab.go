@@ -747,22 +747,6 @@ func killPostmaster(s *pgtest.Server, pid int) error {
 	})
 }
 
-// stopKeeperStarted stops, with pg_ctl, the servers a keeper started (after a rejoin or a
-// restart in place): pgtest did not start them, so its Close would only find and kill them.
-func (l *Lab) stopKeeperStarted() {
-	for _, n := range l.Nodes {
-		s := n.Server
-		if s.Running() || postmasterPID(s) == 0 {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if _, err := l.Bench.Run(ctx, "pg_ctl", "stop", "-D", s.DataDir, "-m", "fast", "-w"); err != nil {
-			l.opts.Logger.Warn("stop a server its keeper started", "node", n.Name, "err", err)
-		}
-		cancel()
-	}
-}
-
 // Down returns the nodes whose host KillPrimary took down and Revive has not brought back.
 func (l *Lab) Down() []string {
 	var out []string
@@ -966,7 +950,6 @@ func (l *Lab) Stop() error {
 				l.Nodes[i].Keeper = nil
 			}
 		}
-		l.stopKeeperStarted()
 		for _, a := range l.Agents {
 			// A witness always stops, even when part of its shutdown went wrong (a gossip
 			// leave that timed out on a busy machine): that is worth a warning, not a failure.
