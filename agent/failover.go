@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,8 +18,10 @@ import (
 	"github.com/regentdb/regent/store"
 )
 
-// refusalEvery is the least time between two committed refusal texts of one cluster whose
-// reason stays of the same kind but whose details (lag figures) drift.
+// refusalEvery is the least time between two committed refusal changes of one cluster: a
+// reason whose details drift (lag figures, elapsed times) or a primary that flickers between
+// down and up under load writes the log at most this often; the first refusal after a quiet
+// spell is committed at once.
 const refusalEvery = 5 * time.Second
 
 // leaderAdapter lets a saga commit through this witness's store as the leader.
@@ -189,11 +192,12 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 	if !d.Down {
 		refusal = ""
 	}
-	if refusal == c.GetRefusal() {
+	prev := c.GetRefusal()
+	if refusal == prev {
 		return
 	}
-	if refusal != "" && c.GetRefusal() != "" && now.Sub(f.refused[c.GetName()]) < refusalEvery {
-		return // same trouble, drifting details: do not write the log every tick
+	if now.Sub(f.refused[c.GetName()]) < refusalEvery {
+		return // changed again within refusalEvery: the next tick after it commits what holds then
 	}
 	f.refused[c.GetName()] = now
 	if _, err := f.a.store.Propose(f.ctx, regentv1.CommandType_COMMAND_TYPE_RECORD_REFUSAL,
@@ -201,10 +205,21 @@ func (f *failovers) decide(st *regentv1.State, c *regentv1.Cluster) {
 		f.a.logger.Warn("record refusal", "cluster", c.GetName(), "err", err)
 		return
 	}
-	if refusal != "" {
+	if refusal != "" && refusalKind(refusal) != refusalKind(prev) {
 		f.a.alerts.Notify(alert.Alert{Kind: "failover_declined", Severity: alert.SeverityCritical, Cluster: c.GetName(),
 			Message: fmt.Sprintf("primary %s of %s looks down but regent will not fail over: %s", c.GetPrimary(), c.GetName(), refusal)})
 	}
+}
+
+// refusalKind is a refusal without its figures (lags, sizes, elapsed times), so that an alert
+// is raised when the reason changes, not when its numbers drift.
+func refusalKind(r string) string {
+	return strings.Map(func(c rune) rune {
+		if c >= '0' && c <= '9' || c == '.' {
+			return -1
+		}
+		return c
+	}, r)
 }
 
 // restartingInPlace asks the keeper of c's primary, when it has one, whether it is restarting
