@@ -61,6 +61,13 @@ type Config struct {
 	ListenGRPC string `yaml:"listen_grpc"`
 	// ListenHTTP is the host:port of the health endpoints and /metrics (port 0 picks one).
 	ListenHTTP string `yaml:"listen_http"`
+	// GossipAddr is the IP:port the keeper's memberlist member binds (TCP and UDP) and
+	// advertises, so that the witnesses see the keeper in their gossip (`regent members`).
+	// Optional: without it the keeper does not gossip. Gossip is never on the lease's path.
+	GossipAddr string `yaml:"gossip_addr"`
+	// Join are witnesses' gossip addresses (their gossip_addr); required with gossip_addr. The
+	// keeper retries them with backoff until one answers, and again whenever it sees no witness.
+	Join []string `yaml:"join"`
 	// StateDir holds the keeper's durable state (highest fencing token, lease epoch, fence
 	// and stop marks). Created with mode 0700 when missing.
 	StateDir string `yaml:"state_dir"`
@@ -318,6 +325,7 @@ func (c *Config) problems(present map[string]int) []problem {
 	if c.ListenGRPC != "" && c.ListenGRPC == c.ListenHTTP && !strings.HasSuffix(c.ListenGRPC, ":0") {
 		add("listen_http", "%s is also listen_grpc; give them different ports", c.ListenHTTP)
 	}
+	ps = append(ps, c.gossipProblems(present)...)
 	if c.StateDir == "" {
 		if present == nil || hasKey(present, "state_dir") {
 			add("state_dir", "is empty; give a directory for the keeper's durable state")
@@ -344,6 +352,42 @@ func (c *Config) problems(present map[string]int) []problem {
 		add("log", "level %q is not one of debug, info, warn, error", c.Log.Level)
 	}
 	slices.SortStableFunc(ps, func(a, b problem) int { return strings.Compare(a.key, b.key) })
+	return ps
+}
+
+// gossipProblems checks gossip_addr and join: both or neither; memberlist binds and advertises
+// an IP address, so gossip_addr must be one (a concrete one: the witnesses dial it).
+func (c *Config) gossipProblems(present map[string]int) []problem {
+	var ps []problem
+	add := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Sprintf(format, args...)}) }
+	given := c.GossipAddr != "" || (present != nil && hasKey(present, "gossip_addr"))
+	switch {
+	case !given && len(c.Join) > 0:
+		add("join", "is set without gossip_addr; give gossip_addr (where this keeper's gossip listens) or remove join")
+	case !given:
+		return nil
+	case c.GossipAddr == "":
+		add("gossip_addr", "is empty; give IP:port for the keeper's gossip (TCP and UDP), or remove it and join to not gossip")
+	default:
+		if err := checkAddr(c.GossipAddr, false); err != nil {
+			add("gossip_addr", "%v", err)
+		} else if host, _, _ := net.SplitHostPort(c.GossipAddr); net.ParseIP(host) == nil || net.ParseIP(host).IsUnspecified() {
+			add("gossip_addr", "%q: give a concrete IP address (memberlist binds and advertises it; the witnesses dial it)", c.GossipAddr)
+		}
+		for key, addr := range map[string]string{"listen_grpc": c.ListenGRPC, "listen_http": c.ListenHTTP} {
+			if addr == c.GossipAddr {
+				add("gossip_addr", "%s is also %s; give them different ports", c.GossipAddr, key)
+			}
+		}
+	}
+	if given && len(c.Join) == 0 {
+		add("join", "is missing or empty; with gossip_addr, list the witnesses' gossip addresses (their gossip_addr)")
+	}
+	for i, j := range c.Join {
+		if err := checkAddr(j, false); err != nil {
+			add("join", "entry %d: %v", i+1, err)
+		}
+	}
 	return ps
 }
 

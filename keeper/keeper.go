@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/regentdb/regent/fencing"
+	"github.com/regentdb/regent/gossip"
 	"github.com/regentdb/regent/pgconnect"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
@@ -60,6 +61,11 @@ type Keeper struct {
 	// wake asks the control loop to reconcile now (a lease change).
 	wake chan struct{}
 
+	// gossip is the keeper's memberlist member (nil without gossip_addr; gossip.go), and
+	// gossipDone is closed when its join loop has ended.
+	gossip     *gossip.Gossip
+	gossipDone chan struct{}
+
 	grpcLis, httpLis net.Listener
 	grpcSrv          *grpc.Server
 	httpSrv          *http.Server
@@ -94,6 +100,9 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 	fail := func(err error) (*Keeper, error) {
 		cancel()
 		k.closeListeners()
+		if k.gossip != nil {
+			_ = k.gossip.Shutdown()
+		}
 		if k.wit != nil {
 			k.wit.Close()
 		}
@@ -122,6 +131,9 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 	if k.httpLis, err = net.Listen("tcp", cfg.ListenHTTP); err != nil {
 		return fail(fmt.Errorf("listen_http %s: %w; choose a free address", cfg.ListenHTTP, err))
 	}
+	if err := k.startGossip(); err != nil {
+		return fail(err)
+	}
 	k.grpcSrv = grpc.NewServer()
 	regentv1.RegisterKeeperServer(k.grpcSrv, &service{k: k})
 	hs := health.NewServer()
@@ -139,7 +151,16 @@ func Start(cfg Config, logger *slog.Logger) (*Keeper, error) {
 	})
 	k.goRun(func() { k.renewLoop(ctx) })
 	k.goRun(func() { k.controlLoop(ctx) })
-	k.log.Info("keeper started", "grpc", k.GRPCAddr(), "http", k.HTTPAddr(), "witnesses", len(cfg.Witnesses),
+	if k.gossip != nil {
+		// Not under wg: a join towards a black-holed witness may hang for memberlist's TCP
+		// timeout (10 s), and Kill must not wait for it (Shutdown waits a little; gossip.go).
+		k.gossipDone = make(chan struct{})
+		go func() {
+			defer close(k.gossipDone)
+			k.gossipLoop(ctx)
+		}()
+	}
+	k.log.Info("keeper started", "grpc", k.GRPCAddr(), "http", k.HTTPAddr(), "gossip", cfg.GossipAddr, "witnesses", len(cfg.Witnesses),
 		"lease_ttl", cfg.LeaseTTL.Duration, "postgres_running", running)
 	return k, nil
 }
@@ -168,7 +189,8 @@ func (k *Keeper) closeListeners() {
 
 // Shutdown stops the keeper. A keeper that stops can no longer fence its server when the
 // lease runs out, so if the server takes writes it is fenced first (read-only; the next
-// keeper lifts that once it holds the lease). PostgreSQL itself keeps running.
+// keeper lifts that once it holds the lease). PostgreSQL itself keeps running. Last, it leaves
+// the witnesses' gossip gracefully (they list it as left).
 func (k *Keeper) Shutdown() error {
 	k.shutdownOnce.Do(func() {
 		k.cancel()
@@ -200,13 +222,15 @@ func (k *Keeper) Shutdown() error {
 		k.actMu.Unlock()
 		k.obs.Close()
 		k.wit.Close()
+		k.leaveGossip()
 		k.log.Info("keeper stopped")
 	})
 	return k.shutdownErr
 }
 
 // Kill stops the keeper as if its process had been killed (SIGKILL, or its host lost): its
-// loops and listeners stop at once and nothing is fenced, so a writable server stays writable
+// loops, listeners and gossip stop at once (no goodbye: the witnesses' gossip finds it dead)
+// and nothing is fenced, so a writable server stays writable
 // until the lease machinery elsewhere (the witnesses' revocation, the leader's wait) deals with
 // it. It is for drills and tests of host loss (regent lab, bench/rto); Shutdown afterwards does
 // nothing.
@@ -218,6 +242,9 @@ func (k *Keeper) Kill() {
 		k.wg.Wait()
 		k.obs.Close()
 		k.wit.Close()
+		if k.gossip != nil {
+			_ = k.gossip.Shutdown() // no goodbye: the witnesses find it dead, as after a lost host
+		}
 		k.log.Warn("keeper killed: nothing fenced")
 	})
 }

@@ -90,6 +90,16 @@ func TestParseConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"unknown run_as", good + "run_as: no-such-user-regent\n", []string{"k.yaml:10", "run_as", "no-such-user-regent"}},
 		{"bad log level", good + "log: {level: loud}\n", []string{"log", "loud"}},
 		{"start timeout", good + "start_timeout: 10ms\n", []string{"k.yaml:10", "start_timeout", "at least 1s"}},
+		{"gossip without join", good + "gossip_addr: 10.0.1.20:7301\n", []string{"k.yaml", "join", "missing or empty", "gossip_addr"}},
+		{"gossip with empty join", good + "gossip_addr: 10.0.1.20:7301\njoin: []\n", []string{"k.yaml:11", "join", "missing or empty"}},
+		{"join without gossip", good + "join: [10.0.1.10:7102]\n", []string{"k.yaml:10", "join", "without gossip_addr"}},
+		{"gossip hostname", good + "gossip_addr: pg-us.internal:7301\njoin: [10.0.1.10:7102]\n", []string{"k.yaml:10", "gossip_addr", "concrete IP"}},
+		{"gossip unspecified", good + "gossip_addr: 0.0.0.0:7301\njoin: [10.0.1.10:7102]\n", []string{"k.yaml:10", "gossip_addr", "concrete IP"}},
+		{"gossip port zero", good + "gossip_addr: 10.0.1.20:0\njoin: [10.0.1.10:7102]\n", []string{"k.yaml:10", "gossip_addr", "not in 1-65535"}},
+		{"gossip on the http port", good + "gossip_addr: 10.0.1.20:8008\njoin: [10.0.1.10:7102]\n", []string{"k.yaml:10", "gossip_addr", "also listen_http"}},
+		{"gossip empty", good + "gossip_addr: \"\"\njoin: [10.0.1.10:7102]\n", []string{"k.yaml:10", "gossip_addr", "is empty"}},
+		{"bad join entry", good + "gossip_addr: 10.0.1.20:7301\njoin: [10.0.1.10:7102, w2]\n", []string{"k.yaml:11", "join", "entry 2", "host:port"}},
+		{"join not a list", good + "gossip_addr: 10.0.1.20:7301\njoin: 10.0.1.10:7102\n", []string{"line 11", "is not a list"}},
 		{"not a mapping", "- a\n", []string{"expected a mapping"}},
 		{"empty", "", []string{"empty"}},
 		{"list for a string", good + "run_as: [a]\n", []string{"line 10", "is not a string"}},
@@ -113,6 +123,31 @@ func TestParseConfigErrorsNameKeyAndLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseConfigGossip(t *testing.T) {
+	bin := fakeBin(t)
+	c, err := ParseConfig([]byte(goodConfig(bin)), "k.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GossipAddr != "" || len(c.Join) != 0 {
+		t.Errorf("gossip is on without gossip_addr: %q %v", c.GossipAddr, c.Join)
+	}
+	c, err = ParseConfig([]byte(goodConfig(bin)+"gossip_addr: 10.0.1.20:7301\njoin: [10.0.1.10:7102, w2.internal:7102]\n"), "k.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GossipAddr != "10.0.1.20:7301" || len(c.Join) != 2 || c.Join[1] != "w2.internal:7102" {
+		t.Errorf("gossip keys not decoded: %q %v", c.GossipAddr, c.Join)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate of a parsed config with gossip: %v", err)
+	}
+	c.Join = nil
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "join: is missing or empty") {
+		t.Errorf("Validate of gossip_addr without join: %v", err)
 	}
 }
 

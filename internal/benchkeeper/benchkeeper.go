@@ -32,6 +32,9 @@ type Options struct {
 	FenceMargin time.Duration
 	// LogLevel is the keeper's log level; default info.
 	LogLevel string
+	// GossipJoin are witnesses' gossip addresses: when set, the keeper gossips (gossip_addr on a
+	// free loopback port, join these) and the witnesses list it in Members. Empty: no gossip.
+	GossipJoin []string
 }
 
 // Config returns the configuration of a keeper beside server s of bench b, listening on two
@@ -53,6 +56,12 @@ func Config(b *pgtest.Bench, s *pgtest.Server, o Options) (keeper.Config, error)
 	httpAddr, err := freeport.Addr()
 	if err != nil {
 		return keeper.Config{}, err
+	}
+	var gossipAddr string
+	if len(o.GossipJoin) > 0 {
+		if gossipAddr, err = freeport.Addr(); err != nil {
+			return keeper.Config{}, err
+		}
 	}
 	level := o.LogLevel
 	if level == "" {
@@ -79,6 +88,8 @@ func Config(b *pgtest.Bench, s *pgtest.Server, o Options) (keeper.Config, error)
 		Witnesses:    o.Witnesses,
 		ListenGRPC:   grpcAddr,
 		ListenHTTP:   httpAddr,
+		GossipAddr:   gossipAddr,
+		Join:         o.GossipJoin,
 		StateDir:     o.StateDir,
 		LeaseTTL:     config.Duration{Duration: o.LeaseTTL},
 		LeaseDrift:   o.LeaseDrift,
