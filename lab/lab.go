@@ -284,14 +284,15 @@ func (l *Lab) startPostgres(ctx context.Context) error {
 // keeperConfigs chooses each node's keeper configuration (its address goes into the spec).
 // Keeper state is fresh on every run, like PostgreSQL: its tokens and epochs belong to it.
 func (l *Lab) keeperConfigs() error {
-	var ws []string
+	var ws, gossipAddrs []string
 	for _, c := range l.Configs {
 		ws = append(ws, c.GRPCAddr)
+		gossipAddrs = append(gossipAddrs, c.GossipAddr)
 	}
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
 		cfg, err := benchkeeper.Config(l.Bench, n.Server, benchkeeper.Options{Cluster: ClusterName, Node: n.Name,
-			Witnesses: ws, StateDir: filepath.Join(l.Bench.Dir, "keeper-"+n.Name)})
+			Witnesses: ws, StateDir: filepath.Join(l.Bench.Dir, "keeper-"+n.Name), GossipJoin: gossipAddrs})
 		if err != nil {
 			return fmt.Errorf("keeper of %s: %w", n.Name, err)
 		}
