@@ -2,8 +2,11 @@ package agent_test
 
 import (
 	"context"
+	"io"
 	"maps"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,6 +141,26 @@ func TestKeeperJoinsWitnessGossip(t *testing.T) {
 		return everyWitnessSeesKeeper(t, c, "alive", k, cfg.GossipAddr)
 	})
 	raftUntouched(t, c, witnesses)
+	metrics := func() string {
+		resp, err := http.Get("http://" + c.Configs[0].HTTPAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(body)
+	}
+	if st, err := c.Client(1).GetState(witnesstest.Context(t, wait), &regentv1.GetStateRequest{}); err != nil {
+		t.Fatal(err)
+	} else if ks := st.GetKeepers(); len(ks) != 1 || ks[0].GetNode() != "pg-us" || ks[0].GetGossip() != "alive" {
+		t.Errorf("GetState keepers = %v, want pg-us alive (regent status shows it)", ks)
+	}
+	if m := metrics(); !strings.Contains(m, `regent_keepers{state="alive"} 1`) || !strings.Contains(m, `regent_members{state="alive"} 3`) {
+		t.Errorf("/metrics does not count one alive keeper beside three witnesses:\n%s", m)
+	}
 
 	k.Kill()
 	witnesstest.Eventually(t, time.Minute, "every witness listing the killed keeper dead", func() bool {

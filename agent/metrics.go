@@ -75,6 +75,7 @@ func (m *metrics) register(a *Agent) {
 var (
 	raftStateDesc = prometheus.NewDesc("regent_raft_state", "1 for this node's current Raft state.", []string{"state"}, nil)
 	membersDesc   = prometheus.NewDesc("regent_members", "Witnesses known to gossip, by state.", []string{"state"}, nil)
+	keepersDesc   = prometheus.NewDesc("regent_keepers", "Keepers known to this witness's gossip, by state.", []string{"state"}, nil)
 	channelLabels = []string{"cluster", "primary_region", "secondary_region"}
 	lagSecDesc    = prometheus.NewDesc("regent_channel_lag_seconds", "Replication lag of a channel in seconds (heartbeat-based).", channelLabels, nil)
 	lagBytesDesc  = prometheus.NewDesc("regent_channel_lag_bytes", "Replication lag of a channel in WAL bytes (primary LSN - apply LSN).", channelLabels, nil)
@@ -87,7 +88,7 @@ var (
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{raftStateDesc, membersDesc, lagSecDesc, lagBytesDesc, chStatusDesc, reachDesc, alertsDesc} {
+	for _, d := range []*prometheus.Desc{raftStateDesc, membersDesc, keepersDesc, lagSecDesc, lagBytesDesc, chStatusDesc, reachDesc, alertsDesc} {
 		ch <- d
 	}
 }
@@ -107,6 +108,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for s, n := range counts {
 		ch <- prometheus.MustNewConstMetric(membersDesc, prometheus.GaugeValue, n, s)
+	}
+	keepers := map[string]float64{"alive": 0, "dead": 0, "left": 0}
+	for _, p := range c.a.gossip.Keepers() {
+		keepers[p.State]++
+	}
+	for s, n := range keepers {
+		ch <- prometheus.MustNewConstMetric(keepersDesc, prometheus.GaugeValue, n, s)
 	}
 	st, _ := c.a.fsm.State()
 	for _, chn := range st.GetChannels() {

@@ -400,6 +400,7 @@ func (s *Server) GetState(ctx context.Context, req *regentv1.GetStateRequest) (*
 		FailoverEvents: st.GetFailoverEvents(),
 		Index:          idx,
 		ServedBy:       s.name,
+		Keepers:        s.keeperStatus(),
 	}, nil
 }
 

@@ -345,7 +345,9 @@ func cannedKeepers() []*regentv1.KeeperMember {
 }
 
 func TestStatusTable(t *testing.T) {
-	f := &fakeServer{state: cannedState()}
+	st := cannedState()
+	st.Keepers = cannedKeepers() // a KEEPER column: pg-us alive, pg-eu dead, pg-ap not in gossip
+	f := &fakeServer{state: st}
 	r := run(t, start(t, f), "status").mustSucceed(t)
 	golden(t, "status.txt", r.stdout)
 	for _, want := range []string{

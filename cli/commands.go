@@ -85,7 +85,7 @@ func (r *runner) printState(s *regentv1.GetStateResponse) error {
 				fmt.Fprintln(w, "no nodes")
 				continue
 			}
-			if err := printNodes(w, c); err != nil {
+			if err := printNodes(w, c, s.GetKeepers()); err != nil {
 				return err
 			}
 		}

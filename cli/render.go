@@ -252,14 +252,26 @@ func printClusters(w io.Writer, clusters []*regentv1.Cluster) error {
 
 // printNodes writes a cluster's nodes in spec order with their observed status. LSN is the
 // primary's current LSN or a replica's replay LSN; LAG is how far that is behind the primary.
-func printNodes(w io.Writer, c *regentv1.Cluster) error {
+// When the answering witness's gossip knows any keeper, a KEEPER column gives the gossip state
+// of each node's keeper ("-": not in gossip).
+func printNodes(w io.Writer, c *regentv1.Cluster, keepers []*regentv1.KeeperMember) error {
 	byName := make(map[string]*regentv1.NodeStatus, len(c.GetNodeStatus()))
 	for _, s := range c.GetNodeStatus() {
 		byName[s.GetName()] = s
 	}
 	primaryLSN := byName[c.GetPrimary()].GetCurrentLsn()
+	keeperState := map[string]string{}
+	for _, k := range keepers {
+		if k.GetCluster() == c.GetName() {
+			keeperState[k.GetNode()] = k.GetGossip()
+		}
+	}
 
-	t := newTable(w, "NODE", "REGION", "HOST:PORT", "ROLE", "TIMELINE", "LSN", "LAG", "VOTES")
+	headers := []string{"NODE", "REGION", "HOST:PORT", "ROLE", "TIMELINE", "LSN", "LAG", "VOTES"}
+	if len(keepers) > 0 {
+		headers = append(headers, "KEEPER")
+	}
+	t := newTable(w, headers...)
 	for _, n := range c.GetNodes() {
 		s := byName[n.GetName()] // nil when not yet observed; getters return zero values
 		role := roleName(s.GetRole())
@@ -278,8 +290,12 @@ func printNodes(w io.Writer, c *regentv1.Cluster) error {
 		if s.GetTimeline() != 0 {
 			timeline = strconv.FormatUint(uint64(s.GetTimeline()), 10)
 		}
-		t.row(n.GetName(), dash(n.GetRegion()), joinHostPort(n.GetHost(), n.GetPort()), role, timeline, formatLSN(lsn), lag,
-			formatVotes(s.GetVotes()))
+		cells := []string{n.GetName(), dash(n.GetRegion()), joinHostPort(n.GetHost(), n.GetPort()), role, timeline, formatLSN(lsn), lag,
+			formatVotes(s.GetVotes())}
+		if len(keepers) > 0 {
+			cells = append(cells, dash(keeperState[n.GetName()]))
+		}
+		t.row(cells...)
 	}
 	return t.flush()
 }

@@ -234,7 +234,9 @@ type GetStateResponse struct {
 	// Raft index of the state this answer reflects.
 	Index uint64 `protobuf:"varint,6,opt,name=index,proto3" json:"index,omitempty"`
 	// Node that answered.
-	ServedBy      string `protobuf:"bytes,7,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	ServedBy string `protobuf:"bytes,7,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	// The keepers in the answering witness's gossip, as in MembersResponse.
+	Keepers       []*KeeperMember `protobuf:"bytes,8,rep,name=keepers,proto3" json:"keepers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +318,13 @@ func (x *GetStateResponse) GetServedBy() string {
 		return x.ServedBy
 	}
 	return ""
+}
+
+func (x *GetStateResponse) GetKeepers() []*KeeperMember {
+	if x != nil {
+		return x.Keepers
+	}
+	return nil
 }
 
 type ApplyClusterRequest struct {
@@ -2262,7 +2271,7 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\x06gossip\x18\x06 \x01(\tR\x06gossip\x12\x1b\n" +
 	"\traft_addr\x18\a \x01(\tR\braftAddr\x12\x1b\n" +
 	"\tgrpc_addr\x18\b \x01(\tR\bgrpcAddr\x12\x1b\n" +
-	"\thttp_addr\x18\t \x01(\tR\bhttpAddr\"\xbe\x02\n" +
+	"\thttp_addr\x18\t \x01(\tR\bhttpAddr\"\xf1\x02\n" +
 	"\x10GetStateResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x121\n" +
 	"\amembers\x18\x02 \x03(\v2\x17.regent.v1.MemberStatusR\amembers\x12.\n" +
@@ -2270,7 +2279,8 @@ const file_regent_v1_api_proto_rawDesc = "" +
 	"\bchannels\x18\x04 \x03(\v2\x1d.regent.v1.ReplicationChannelR\bchannels\x12A\n" +
 	"\x0ffailover_events\x18\x05 \x03(\v2\x18.regent.v1.FailoverEventR\x0efailoverEvents\x12\x14\n" +
 	"\x05index\x18\x06 \x01(\x04R\x05index\x12\x1b\n" +
-	"\tserved_by\x18\a \x01(\tR\bservedBy\"A\n" +
+	"\tserved_by\x18\a \x01(\tR\bservedBy\x121\n" +
+	"\akeepers\x18\b \x03(\v2\x17.regent.v1.KeeperMemberR\akeepers\"A\n" +
 	"\x13ApplyClusterRequest\x12*\n" +
 	"\x04spec\x18\x01 \x01(\v2\x16.regent.v1.ClusterSpecR\x04spec\"\x90\x01\n" +
 	"\x14ApplyClusterResponse\x12,\n" +
@@ -2492,68 +2502,69 @@ var file_regent_v1_api_proto_depIdxs = []int32{
 	36, // 2: regent.v1.GetStateResponse.clusters:type_name -> regent.v1.Cluster
 	37, // 3: regent.v1.GetStateResponse.channels:type_name -> regent.v1.ReplicationChannel
 	38, // 4: regent.v1.GetStateResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	39, // 5: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
-	36, // 6: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
-	0,  // 7: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
-	36, // 8: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
-	0,  // 9: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
-	37, // 10: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
-	0,  // 11: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
-	38, // 12: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
-	0,  // 13: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
-	2,  // 14: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
-	16, // 15: regent.v1.MembersResponse.keepers:type_name -> regent.v1.KeeperMember
-	40, // 16: regent.v1.KeeperMember.since:type_name -> google.protobuf.Timestamp
-	36, // 17: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
-	41, // 18: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
-	37, // 19: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
-	38, // 20: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
-	42, // 21: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
-	43, // 22: regent.v1.WatchEvent.state:type_name -> regent.v1.State
-	40, // 23: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
-	40, // 24: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
-	21, // 25: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
-	38, // 26: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
-	38, // 27: regent.v1.SwitchoverResponse.event:type_name -> regent.v1.FailoverEvent
-	36, // 28: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
-	36, // 29: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
-	1,  // 30: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
-	4,  // 31: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
-	6,  // 32: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
-	8,  // 33: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
-	10, // 34: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
-	12, // 35: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
-	14, // 36: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
-	17, // 37: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
-	19, // 38: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
-	22, // 39: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
-	24, // 40: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
-	26, // 41: regent.v1.Regent.Switchover:input_type -> regent.v1.SwitchoverRequest
-	28, // 42: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
-	30, // 43: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
-	32, // 44: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
-	34, // 45: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
-	3,  // 46: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
-	5,  // 47: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
-	7,  // 48: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
-	9,  // 49: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
-	11, // 50: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
-	13, // 51: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
-	15, // 52: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
-	18, // 53: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
-	20, // 54: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
-	23, // 55: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
-	25, // 56: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
-	27, // 57: regent.v1.Regent.Switchover:output_type -> regent.v1.SwitchoverResponse
-	29, // 58: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
-	31, // 59: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
-	33, // 60: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
-	35, // 61: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
-	46, // [46:62] is the sub-list for method output_type
-	30, // [30:46] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	16, // 5: regent.v1.GetStateResponse.keepers:type_name -> regent.v1.KeeperMember
+	39, // 6: regent.v1.ApplyClusterRequest.spec:type_name -> regent.v1.ClusterSpec
+	36, // 7: regent.v1.ApplyClusterResponse.cluster:type_name -> regent.v1.Cluster
+	0,  // 8: regent.v1.ListClustersRequest.read:type_name -> regent.v1.ReadOptions
+	36, // 9: regent.v1.ListClustersResponse.clusters:type_name -> regent.v1.Cluster
+	0,  // 10: regent.v1.ListChannelsRequest.read:type_name -> regent.v1.ReadOptions
+	37, // 11: regent.v1.ListChannelsResponse.channels:type_name -> regent.v1.ReplicationChannel
+	0,  // 12: regent.v1.ListFailoverEventsRequest.read:type_name -> regent.v1.ReadOptions
+	38, // 13: regent.v1.ListFailoverEventsResponse.failover_events:type_name -> regent.v1.FailoverEvent
+	0,  // 14: regent.v1.MembersRequest.read:type_name -> regent.v1.ReadOptions
+	2,  // 15: regent.v1.MembersResponse.members:type_name -> regent.v1.MemberStatus
+	16, // 16: regent.v1.MembersResponse.keepers:type_name -> regent.v1.KeeperMember
+	40, // 17: regent.v1.KeeperMember.since:type_name -> google.protobuf.Timestamp
+	36, // 18: regent.v1.WatchEvent.cluster:type_name -> regent.v1.Cluster
+	41, // 19: regent.v1.WatchEvent.member:type_name -> regent.v1.Member
+	37, // 20: regent.v1.WatchEvent.channel:type_name -> regent.v1.ReplicationChannel
+	38, // 21: regent.v1.WatchEvent.failover_event:type_name -> regent.v1.FailoverEvent
+	42, // 22: regent.v1.WatchEvent.audit:type_name -> regent.v1.AuditRecord
+	43, // 23: regent.v1.WatchEvent.state:type_name -> regent.v1.State
+	40, // 24: regent.v1.Observation.at:type_name -> google.protobuf.Timestamp
+	40, // 25: regent.v1.Observation.heartbeat_at:type_name -> google.protobuf.Timestamp
+	21, // 26: regent.v1.ReportRequest.observations:type_name -> regent.v1.Observation
+	38, // 27: regent.v1.FailoverResponse.event:type_name -> regent.v1.FailoverEvent
+	38, // 28: regent.v1.SwitchoverResponse.event:type_name -> regent.v1.FailoverEvent
+	36, // 29: regent.v1.PauseResponse.cluster:type_name -> regent.v1.Cluster
+	36, // 30: regent.v1.ResumeResponse.cluster:type_name -> regent.v1.Cluster
+	1,  // 31: regent.v1.Regent.GetState:input_type -> regent.v1.GetStateRequest
+	4,  // 32: regent.v1.Regent.ApplyCluster:input_type -> regent.v1.ApplyClusterRequest
+	6,  // 33: regent.v1.Regent.DeleteCluster:input_type -> regent.v1.DeleteClusterRequest
+	8,  // 34: regent.v1.Regent.ListClusters:input_type -> regent.v1.ListClustersRequest
+	10, // 35: regent.v1.Regent.ListChannels:input_type -> regent.v1.ListChannelsRequest
+	12, // 36: regent.v1.Regent.ListFailoverEvents:input_type -> regent.v1.ListFailoverEventsRequest
+	14, // 37: regent.v1.Regent.Members:input_type -> regent.v1.MembersRequest
+	17, // 38: regent.v1.Regent.RemoveMember:input_type -> regent.v1.RemoveMemberRequest
+	19, // 39: regent.v1.Regent.Watch:input_type -> regent.v1.WatchRequest
+	22, // 40: regent.v1.Regent.Report:input_type -> regent.v1.ReportRequest
+	24, // 41: regent.v1.Regent.Failover:input_type -> regent.v1.FailoverRequest
+	26, // 42: regent.v1.Regent.Switchover:input_type -> regent.v1.SwitchoverRequest
+	28, // 43: regent.v1.Regent.Pause:input_type -> regent.v1.PauseRequest
+	30, // 44: regent.v1.Regent.Resume:input_type -> regent.v1.ResumeRequest
+	32, // 45: regent.v1.Regent.RenewLease:input_type -> regent.v1.RenewLeaseRequest
+	34, // 46: regent.v1.Regent.RevokeLease:input_type -> regent.v1.RevokeLeaseRequest
+	3,  // 47: regent.v1.Regent.GetState:output_type -> regent.v1.GetStateResponse
+	5,  // 48: regent.v1.Regent.ApplyCluster:output_type -> regent.v1.ApplyClusterResponse
+	7,  // 49: regent.v1.Regent.DeleteCluster:output_type -> regent.v1.DeleteClusterResponse
+	9,  // 50: regent.v1.Regent.ListClusters:output_type -> regent.v1.ListClustersResponse
+	11, // 51: regent.v1.Regent.ListChannels:output_type -> regent.v1.ListChannelsResponse
+	13, // 52: regent.v1.Regent.ListFailoverEvents:output_type -> regent.v1.ListFailoverEventsResponse
+	15, // 53: regent.v1.Regent.Members:output_type -> regent.v1.MembersResponse
+	18, // 54: regent.v1.Regent.RemoveMember:output_type -> regent.v1.RemoveMemberResponse
+	20, // 55: regent.v1.Regent.Watch:output_type -> regent.v1.WatchEvent
+	23, // 56: regent.v1.Regent.Report:output_type -> regent.v1.ReportResponse
+	25, // 57: regent.v1.Regent.Failover:output_type -> regent.v1.FailoverResponse
+	27, // 58: regent.v1.Regent.Switchover:output_type -> regent.v1.SwitchoverResponse
+	29, // 59: regent.v1.Regent.Pause:output_type -> regent.v1.PauseResponse
+	31, // 60: regent.v1.Regent.Resume:output_type -> regent.v1.ResumeResponse
+	33, // 61: regent.v1.Regent.RenewLease:output_type -> regent.v1.RenewLeaseResponse
+	35, // 62: regent.v1.Regent.RevokeLease:output_type -> regent.v1.RevokeLeaseResponse
+	47, // [47:63] is the sub-list for method output_type
+	31, // [31:47] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_regent_v1_api_proto_init() }
