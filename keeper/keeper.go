@@ -230,9 +230,8 @@ func (k *Keeper) Shutdown() error {
 
 // Kill stops the keeper as if its process had been killed (SIGKILL, or its host lost): its
 // loops, listeners and gossip stop at once (no goodbye: the witnesses' gossip finds it dead)
-// and nothing is fenced, so a writable server stays writable
-// until the lease machinery elsewhere (the witnesses' revocation, the leader's wait) deals with
-// it. It is for drills and tests of host loss (regent lab, bench/rto); Shutdown afterwards does
+// and nothing is fenced, so a writable server stays writable until the lease machinery
+// elsewhere (the witnesses' revocation, the leader's wait) deals with it. It is for drills and tests of host loss (regent lab, bench/rto); Shutdown afterwards does
 // nothing.
 func (k *Keeper) Kill() {
 	k.shutdownOnce.Do(func() {
