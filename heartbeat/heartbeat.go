@@ -35,13 +35,22 @@ ON CONFLICT (cluster, node) DO UPDATE SET region = excluded.region, ts = exclude
 RETURNING ts`
 
 // ReadExpr is a SQL expression giving the newest heartbeat time of a cluster ($1) visible on
-// the server it runs on, or NULL when the table does not exist yet or holds no row for the
-// cluster. It is safe on a standby and needs no extra round trip: the table is only named inside
-// query_to_xml's dynamic SQL, which runs only when the table exists (a plain reference would
-// fail at parse time on a server that has no table yet).
-const ReadExpr = `CASE WHEN to_regclass('regent.heartbeat') IS NULL THEN NULL
+// the server it runs on, or NULL when the table does not exist yet, holds no row for the
+// cluster, or the user may not read it. It is safe on a standby and on any server, and needs no
+// extra round trip: the table is only named inside query_to_xml's dynamic SQL, which runs only
+// when the table exists and may be read (a plain reference would fail at parse time on a server
+// that has no table yet). PlainReadExpr is the cheaper form for servers known to have the table.
+const ReadExpr = `CASE WHEN to_regnamespace('regent') IS NULL THEN NULL
+  WHEN NOT has_schema_privilege('regent', 'USAGE') THEN NULL
+  WHEN to_regclass('regent.heartbeat') IS NULL THEN NULL
+  WHEN NOT has_table_privilege('regent.heartbeat', 'SELECT') THEN NULL
   ELSE ((xpath('/row/m/text()', query_to_xml(format(
     'SELECT max(ts) AS m FROM regent.heartbeat WHERE cluster = %L', $1::text), false, true, '')))[1])::text::timestamptz END`
+
+// PlainReadExpr is ReadExpr for a server where regent.heartbeat exists and may be read: a plain
+// subquery, so that a prepared statement plans it once. It fails (undefined table, permission
+// denied) where ReadExpr answers NULL.
+const PlainReadExpr = `(SELECT max(ts) FROM regent.heartbeat WHERE cluster = $1::text)`
 
 // ReadQuery selects ReadExpr.
 const ReadQuery = "SELECT " + ReadExpr

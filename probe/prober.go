@@ -76,6 +76,9 @@ type slot struct {
 	params string // fingerprint of the parameters conn was opened with
 	major  int    // server major version of conn
 	gone   bool   // removed from the Prober: do not keep a connection
+	// guarded: read the heartbeat through heartbeat.ReadExpr (the table was missing or not
+	// readable when last tried); else plainly.
+	guarded bool
 	// ctx ends when the slot is forgotten; it bounds background connecting.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -143,12 +146,18 @@ SELECT r.rec,
   HEARTBEAT
 FROM r LEFT JOIN pg_stat_wal_receiver w ON true`
 
-var (
-	withHeartbeat = strings.Replace(probeQuery, "HEARTBEAT", heartbeat.ReadExpr, 1)
-	query14       = strings.Replace(withHeartbeat, "PAUSED", "pg_get_wal_replay_pause_state() = 'paused'", 1)
-	// Before 14, pg_is_wal_replay_paused() is true from the request on.
-	query10 = strings.Replace(withHeartbeat, "PAUSED", "pg_is_wal_replay_paused()", 1)
-)
+// probeQueries are the probe query's forms: by server version (before 14,
+// pg_is_wal_replay_paused() is true from the request on) and by how the heartbeat is read —
+// plainly where the table is known to be readable (cheap once prepared), else through
+// heartbeat.ReadExpr, which answers NULL without the table or the right to read it.
+var probeQueries = func() (q [2][2]string) {
+	for v, paused := range []string{"pg_get_wal_replay_pause_state() = 'paused'", "pg_is_wal_replay_paused()"} {
+		for h, hb := range []string{heartbeat.PlainReadExpr, heartbeat.ReadExpr} {
+			q[v][h] = strings.Replace(strings.Replace(probeQuery, "PAUSED", paused, 1), "HEARTBEAT", hb, 1)
+		}
+	}
+	return q
+}()
 
 // Probe probes one target and returns what it found. It never takes longer
 // than the Prober's timeout (or ctx's deadline, if earlier), connecting
@@ -288,8 +297,9 @@ func (p *Prober) connect(s *slot, t Target, fp string) error {
 	if err != nil {
 		return fmt.Errorf("probe: %s: bad connection settings: %w", t, err)
 	}
-	// One round trip per probe, no prepared statements to cache.
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	// The probe query is prepared once per connection and then runs in one round trip
+	// (Bind/Execute/Sync): parsing and planning it every time cost PostgreSQL five times more.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
 	cfg.ConnectTimeout = p.connectTimeout
 	// A query whose probe timed out is cancelled with a cancel request, and
 	// the connection is only torn down if the server does not react within
@@ -308,7 +318,7 @@ func (p *Prober) connect(s *slot, t Target, fp string) error {
 		return err
 	}
 	s.failures, s.connectErr, s.nextConnect = 0, nil, time.Time{}
-	s.conn, s.params, s.major = c, fp, serverMajor(c)
+	s.conn, s.params, s.major, s.guarded = c, fp, serverMajor(c), false
 	p.log.Debug("probe: connected", "target", t, "server_major", s.major)
 	return nil
 }
@@ -328,10 +338,36 @@ func backoff(failures int) time.Duration {
 // connection drops it; a query cancelled on time (the server answered the
 // cancel request) keeps it.
 func (p *Prober) query(ctx context.Context, s *slot, t Target, res *Result) error {
-	q := query14
-	if s.major != 0 && s.major < 14 {
-		q = query10
+	err := p.queryOnce(ctx, s, t, res)
+	if err != nil && !s.guarded && s.conn != nil && heartbeatUnreadable(err) {
+		// No regent.heartbeat here yet (a new cluster, a standby before it replicated), or no
+		// right to read it: read it the guarded way from now on.
+		s.guarded = true
+		err = p.queryOnce(ctx, s, t, res)
 	}
+	if err == nil && s.guarded && !res.HeartbeatAt.IsZero() {
+		s.guarded = false // the table is there and readable: the plain form next time
+	}
+	return err
+}
+
+// heartbeatUnreadable reports whether err is the plain heartbeat read failing: the table (or
+// schema) does not exist, or the user may not read it.
+func heartbeatUnreadable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000" || pe.Code == "42501")
+}
+
+// queryOnce runs the probe query once in the form the slot calls for.
+func (p *Prober) queryOnce(ctx context.Context, s *slot, t Target, res *Result) error {
+	v, h := 0, 0
+	if s.major != 0 && s.major < 14 {
+		v = 1
+	}
+	if s.guarded {
+		h = 1
+	}
+	q := probeQueries[v][h]
 	var (
 		cur, rec, rep        *string
 		sysid, tli, sendPort int64
