@@ -4,8 +4,10 @@
 // where, with replay paused or not.
 //
 // A Prober keeps one pgx connection per target and runs one query per probe
-// (one round trip, simple protocol) under a hard timeout that covers
-// connecting too. A Loop probes a set of targets every interval, each in its
+// (prepared once per connection, then one round trip) under a hard timeout
+// that covers connecting too; work a timed-out probe started (a cancelled
+// query, a connection attempt) may outlive it, so a slow server is probed
+// more slowly instead of with more connections. A Loop probes a set of targets every interval, each in its
 // own goroutine, so a hung node delays nothing but its own probes.
 // Failures are classified (Classify) into a few ErrorClasses for votes,
 // metrics and alerts. See DESIGN.md for the reasoning.
