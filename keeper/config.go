@@ -54,6 +54,10 @@ type Config struct {
 	// StartTimeout bounds how long pg_ctl start waits for the server to accept connections
 	// (crash recovery included). Default 60s.
 	StartTimeout config.Duration `yaml:"start_timeout"`
+	// RejoinTimeout bounds one REJOIN (rewind or re-clone, then the standby's start). It runs on
+	// whether or not the leader that asked is still waiting: a re-clone of a large database
+	// takes as long as it takes. Default 6h; zero in a Config built in code means the default.
+	RejoinTimeout config.Duration `yaml:"rejoin_timeout"`
 	// Witnesses are the gRPC addresses (host:port) of EVERY witness of the cluster: a lease
 	// round counts when a majority of them granted it.
 	Witnesses []string `yaml:"witnesses"`
@@ -95,6 +99,7 @@ const (
 	DefaultLeaseTTL         = 2 * time.Second
 	DefaultFenceMargin      = 200 * time.Millisecond
 	DefaultStartTimeout     = 60 * time.Second
+	DefaultRejoinTimeout    = 6 * time.Hour
 )
 
 var (
@@ -198,6 +203,9 @@ func (c *Config) applyDefaults(present map[string]int) {
 	if !has("postgres_log") && c.StateDir != "" {
 		c.PostgresLog = filepath.Join(c.StateDir, "postgresql.log")
 	}
+	if !has("rejoin_timeout") {
+		c.RejoinTimeout.Duration = DefaultRejoinTimeout
+	}
 	if !has("start_timeout") {
 		c.StartTimeout.Duration = DefaultStartTimeout
 	}
@@ -296,6 +304,9 @@ func (c *Config) problems(present map[string]int) []problem {
 	}
 	if c.StartTimeout.Duration < time.Second {
 		add("start_timeout", "%v is too short; pg_ctl waits in whole seconds (at least 1s)", c.StartTimeout.Duration)
+	}
+	if d := c.RejoinTimeout.Duration; d != 0 && d < time.Minute {
+		add("rejoin_timeout", "%v is too short for a rewind or re-clone (at least 1m; default %v)", d, DefaultRejoinTimeout)
 	}
 	if len(c.Witnesses) == 0 {
 		if present == nil || hasKey(present, "witnesses") {
@@ -445,4 +456,12 @@ func cleanYAMLError(err error) string {
 		}
 		return what + " is not " + want
 	})
+}
+
+// rejoinTimeout is RejoinTimeout, or its default when unset.
+func (c *Config) rejoinTimeout() time.Duration {
+	if c.RejoinTimeout.Duration == 0 {
+		return DefaultRejoinTimeout
+	}
+	return c.RejoinTimeout.Duration
 }

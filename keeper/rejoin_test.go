@@ -251,3 +251,37 @@ func TestRejoinResumesAfterAnInterruptedRewind(t *testing.T) {
 		t.Errorf("the resumed node in recovery: %v %v", rec, err)
 	}
 }
+
+// A REJOIN whose caller stops waiting (a leader's deadline, a leader that died) runs to its
+// end anyway: the keeper reports rejoining meanwhile, then the result, and the same token
+// repeated answers that result without redoing the rewind.
+func TestRejoinOutlivesItsCaller(t *testing.T) {
+	ctx := witnesstest.Context(t, 4*time.Minute)
+	_, k, _, nu, _ := rejoinScene(t, ctx)
+	kc := keeperClient(t, k)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := kc.Instruct(short, rejoinRequest(2, 1, nu))
+	cancel()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("REJOIN with a 50ms deadline: %v, want the caller's DeadlineExceeded (a rewind takes longer)", err)
+	}
+	var last *regentv1.KeeperStatusResponse
+	witnesstest.Eventually(t, wait, "the abandoned rejoin finishing", func() bool {
+		ks, err := kc.KeeperStatus(ctx, &regentv1.KeeperStatusRequest{})
+		if err != nil {
+			return false
+		}
+		last = ks
+		return !ks.GetRejoining() && ks.GetLastRejoin().GetOk()
+	})
+	if rep := last.GetLastRejoin(); rep.GetLostTransactions() != lostRows || rep.GetToken().GetTerm() != 2 {
+		t.Errorf("last rejoin %v: want %d lost transactions under term 2", rep, lostRows)
+	}
+	if err := pgops.WaitStreamingFrom(ctx, k.target(), nu.Host, uint16(nu.Port)); err != nil {
+		t.Fatal(err)
+	}
+	again, err := kc.Instruct(ctx, rejoinRequest(2, 1, nu))
+	if err != nil || !again.GetDone() || again.GetRejoin().GetLostTransactions() != lostRows {
+		t.Errorf("the same REJOIN again: %v %v; want the recorded result", again, err)
+	}
+}

@@ -60,6 +60,13 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 		return nil, err
 	}
 	actx, cancel := context.WithTimeout(ctx, maxActionTime)
+	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
+		// A rejoin runs to its end even when the leader stops waiting (its call has a deadline
+		// of minutes; a re-clone may take hours): the leader sees `rejoining` in KeeperStatus
+		// meanwhile, and a repeated REJOIN with this token answers the recorded result.
+		cancel()
+		actx, cancel = context.WithTimeout(context.WithoutCancel(ctx), k.cfg.rejoinTimeout())
+	}
 	defer cancel()
 	k.log.Info("instruction", "action", act.String(), "token", tok.String())
 	var (

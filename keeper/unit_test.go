@@ -51,7 +51,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Errorf("login defaults: %+v", c)
 	}
 	if c.LeaseTTL.Duration != 2*time.Second || c.LeaseDrift != fencing.DefaultDrift || c.FenceMargin.Duration != 200*time.Millisecond ||
-		c.StartTimeout.Duration != time.Minute {
+		c.StartTimeout.Duration != time.Minute || c.RejoinTimeout.Duration != DefaultRejoinTimeout {
 		t.Errorf("lease defaults: ttl %v drift %v margin %v start %v", c.LeaseTTL, c.LeaseDrift, c.FenceMargin, c.StartTimeout)
 	}
 	if c.PostgresLog != "/var/lib/regent/keeper/postgresql.log" || c.Log.Format != "text" || c.Log.Level != "info" {
@@ -90,6 +90,7 @@ func TestParseConfigErrorsNameKeyAndLine(t *testing.T) {
 		{"unknown run_as", good + "run_as: no-such-user-regent\n", []string{"k.yaml:10", "run_as", "no-such-user-regent"}},
 		{"bad log level", good + "log: {level: loud}\n", []string{"log", "loud"}},
 		{"start timeout", good + "start_timeout: 10ms\n", []string{"k.yaml:10", "start_timeout", "at least 1s"}},
+		{"rejoin timeout", good + "rejoin_timeout: 10s\n", []string{"k.yaml:10", "rejoin_timeout", "at least 1m"}},
 		{"gossip without join", good + "gossip_addr: 10.0.1.20:7301\n", []string{"k.yaml", "join", "missing or empty", "gossip_addr"}},
 		{"gossip with empty join", good + "gossip_addr: 10.0.1.20:7301\njoin: []\n", []string{"k.yaml:11", "join", "missing or empty"}},
 		{"join without gossip", good + "join: [10.0.1.10:7102]\n", []string{"k.yaml:10", "join", "without gossip_addr"}},
