@@ -10,8 +10,8 @@ import (
 	"github.com/regentdb/regent/alert"
 	"github.com/regentdb/regent/coordinator"
 	"github.com/regentdb/regent/fsm"
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
-	"github.com/regentdb/regent/probe"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/spec"
 	"github.com/regentdb/regent/store"
@@ -87,7 +87,7 @@ func (w world) FenceForSwitchover(ctx context.Context, c *regentv1.Cluster, ev *
 		return 0, "", fmt.Errorf("asking the keeper of %s: %w", old.GetName(), err)
 	}
 	if st.GetInRecovery() {
-		return st.GetFinalLsn(), fmt.Sprintf("%s is already a standby (demoted earlier); its WAL ends at %s", old.GetName(), probe.FormatLSN(st.GetFinalLsn())), nil
+		return st.GetFinalLsn(), fmt.Sprintf("%s is already a standby (demoted earlier); its WAL ends at %s", old.GetName(), pglsn.Format(st.GetFinalLsn())), nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, switchoverCheckpointTimeout)
 	cpStart := time.Now()
@@ -108,7 +108,7 @@ func (w world) FenceForSwitchover(ctx context.Context, c *regentv1.Cluster, ev *
 	if err != nil {
 		return 0, "", fmt.Errorf("fenced, but reading the WAL end from the keeper of %s failed: %w", old.GetName(), err)
 	}
-	return st.GetFinalLsn(), fmt.Sprintf("%s; the keeper fenced %s (%s); WAL end %s", cpNote, old.GetName(), resp.GetDetail(), probe.FormatLSN(st.GetFinalLsn())), nil
+	return st.GetFinalLsn(), fmt.Sprintf("%s; the keeper fenced %s (%s); WAL end %s", cpNote, old.GetName(), resp.GetDetail(), pglsn.Format(st.GetFinalLsn())), nil
 }
 
 // checkpoint runs CHECKPOINT on node n with this witness's login.
@@ -136,7 +136,7 @@ func (w world) ReplayedLSN(ctx context.Context, c *regentv1.Cluster, n *regentv1
 	if lsn == nil {
 		return 0, fmt.Errorf("%s is not in recovery: it is not a standby that can catch up", n.GetName())
 	}
-	return probe.ParseLSN(*lsn)
+	return pglsn.Parse(*lsn)
 }
 
 // Demote sends the keeper of the old primary DEMOTE, to follow upstream, and returns the final
@@ -162,7 +162,7 @@ func (w world) Demote(ctx context.Context, c *regentv1.Cluster, ev *regentv1.Fai
 		StartMs     int64  `json:"start_ms"`
 		Repeated    bool   `json:"repeated"`
 	}
-	note := fmt.Sprintf("the keeper demoted %s: final LSN %s", old.GetName(), probe.FormatLSN(resp.GetFinalLsn()))
+	note := fmt.Sprintf("the keeper demoted %s: final LSN %s", old.GetName(), pglsn.Format(resp.GetFinalLsn()))
 	if json.Unmarshal([]byte(resp.GetDetail()), &d) == nil {
 		if d.Shutdown != "" {
 			note += ", " + d.Shutdown + " shutdown"

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
@@ -81,7 +82,7 @@ func formatLSN(lsn uint64) string {
 	if lsn == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn))
+	return pglsn.Format(lsn)
 }
 
 // formatBytes prints a byte count with binary units: 512 B, 18.0 KiB, 1.5 GiB.

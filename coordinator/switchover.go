@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/regentdb/regent/fsm"
-	"github.com/regentdb/regent/probe"
+	"github.com/regentdb/regent/internal/pglsn"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/spec"
 )
@@ -122,7 +122,7 @@ func (s *Saga) switchover(ctx context.Context, c *regentv1.Cluster, ev *regentv1
 			return err
 		}
 		return s.abortSwitchover(ctx, c, ev, fmt.Sprintf("%s did not replay the fenced primary's WAL end %s within the switchover timeout %v: %v",
-			to.GetName(), probe.FormatLSN(walEnd), timeout, err))
+			to.GetName(), pglsn.Format(walEnd), timeout, err))
 	}
 	caughtUp := time.Now()
 	var final uint64
@@ -145,7 +145,7 @@ func (s *Saga) switchover(ctx context.Context, c *regentv1.Cluster, ev *regentv1
 			return err
 		}
 		return s.abortSwitchover(ctx, c, ev, fmt.Sprintf("%s did not replay the demoted primary's final LSN %s within the switchover timeout %v: %v",
-			to.GetName(), probe.FormatLSN(final), timeout, err))
+			to.GetName(), pglsn.Format(final), timeout, err))
 	}
 	if err := s.act(ctx); err != nil {
 		return err
@@ -155,8 +155,8 @@ func (s *Saga) switchover(ctx context.Context, c *regentv1.Cluster, ev *regentv1
 		loss = int64(final - replayed) // not reached: waitReplayed returned once replayed ≥ final
 	}
 	note := fmt.Sprintf("switchover: %s (%v); %s replayed its WAL end %s after %v; %s (%v); %s replayed the final LSN %s (at %s) after %v: data loss %d bytes",
-		fenceNote, fenced.Sub(start).Round(time.Millisecond), to.GetName(), probe.FormatLSN(walEnd), caughtUp.Sub(fenced).Round(time.Millisecond),
-		demoteNote, demoted.Sub(caughtUp).Round(time.Millisecond), to.GetName(), probe.FormatLSN(final), probe.FormatLSN(replayed),
+		fenceNote, fenced.Sub(start).Round(time.Millisecond), to.GetName(), pglsn.Format(walEnd), caughtUp.Sub(fenced).Round(time.Millisecond),
+		demoteNote, demoted.Sub(caughtUp).Round(time.Millisecond), to.GetName(), pglsn.Format(final), pglsn.Format(replayed),
 		time.Since(demoted).Round(time.Millisecond), loss)
 	return s.advance(ctx, &regentv1.AdvanceFailoverCommand{EventId: ev.GetId(), Step: regentv1.FailoverStep_FAILOVER_STEP_FENCED,
 		FenceMethod: "switchover", DataLossBytes: &loss, DataLossExact: true, FinalLsn: final, ForkLsn: replayed, Note: note})
@@ -183,9 +183,9 @@ func (s *Saga) waitReplayed(ctx context.Context, c *regentv1.Cluster, n *regentv
 		lastErr = err
 		if !time.Now().Before(deadline) {
 			if lastErr != nil {
-				return last, fmt.Errorf("replayed %s; last read failed: %w", probe.FormatLSN(last), lastErr)
+				return last, fmt.Errorf("replayed %s; last read failed: %w", pglsn.Format(last), lastErr)
 			}
-			return last, fmt.Errorf("replayed only %s (%d bytes short)", probe.FormatLSN(last), lsn-last)
+			return last, fmt.Errorf("replayed only %s (%d bytes short)", pglsn.Format(last), lsn-last)
 		}
 		if err := s.wait(ctx, s.Opts.ReplayPoll); err != nil {
 			return last, err

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/internal/witnesstest"
 	"github.com/regentdb/regent/pgtest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
-	"github.com/regentdb/regent/rejoin"
 )
 
 // rejoinTable is where the test's writer commits one row per transaction (the table
@@ -102,10 +102,10 @@ func TestRejoinAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("fork %s, old primary's final LSN %s: %d bytes; %d acknowledged rows missing on %s",
-		rejoin.FormatLSN(fork), rejoin.FormatLSN(final), final-fork, len(missing), nu.name)
+		pglsn.Format(fork), pglsn.Format(final), final-fork, len(missing), nu.name)
 	if len(missing) == 0 || final <= fork {
 		t.Fatalf("the failover lost nothing (%d rows, fork %s, final %s): the cut did not hold", len(missing),
-			rejoin.FormatLSN(fork), rejoin.FormatLSN(final))
+			pglsn.Format(fork), pglsn.Format(final))
 	}
 
 	// From the keeper's restart on: pg-us must never be writable, and its channel must be seen
@@ -136,15 +136,15 @@ func TestRejoinAfterKill9(t *testing.T) {
 
 	if !done.GetDataLossExact() || done.GetDataLossBytes() != int64(final-fork) {
 		t.Errorf("data_loss_bytes %d (exact %v), want exactly %d (fork %s → final %s)", done.GetDataLossBytes(),
-			done.GetDataLossExact(), final-fork, rejoin.FormatLSN(fork), rejoin.FormatLSN(final))
+			done.GetDataLossExact(), final-fork, pglsn.Format(fork), pglsn.Format(final))
 	}
 	if done.LostTransactions == nil || done.GetLostTransactions() != int64(len(missing)) {
 		t.Errorf("lost_transactions %d, want %d (the writer's acknowledged rows missing on %s); the discarded WAL's other records:\n%s",
 			done.GetLostTransactions(), len(missing), nu.name, others)
 	}
 	if done.GetForkLsn() != fork || done.GetFinalLsn() != final {
-		t.Errorf("event fork %s final %s, want %s %s", rejoin.FormatLSN(done.GetForkLsn()), rejoin.FormatLSN(done.GetFinalLsn()),
-			rejoin.FormatLSN(fork), rejoin.FormatLSN(final))
+		t.Errorf("event fork %s final %s, want %s %s", pglsn.Format(done.GetForkLsn()), pglsn.Format(done.GetFinalLsn()),
+			pglsn.Format(fork), pglsn.Format(final))
 	}
 	if m := done.GetRejoin().GetMethod(); m != "rewind" {
 		t.Errorf("rejoin method %q, want rewind", m)
@@ -248,7 +248,7 @@ func forkPoint(t *testing.T, ctx context.Context, s *pgtest.Server) uint64 {
 	for _, line := range strings.Split(hist, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 2 && f[0] == "1" {
-			lsn, err := rejoin.ParseLSN(f[1])
+			lsn, err := pglsn.Parse(f[1])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -267,12 +267,12 @@ var invalidRecordRE = regexp.MustCompile(`invalid record length at ([0-9A-F]+/[0
 // report, independently of the rejoin package's arithmetic.
 func endOfWAL(t *testing.T, ctx context.Context, b *pgtest.Bench, s *pgtest.Server, fork uint64) uint64 {
 	t.Helper()
-	out, err := b.Run(ctx, "pg_waldump", "--path="+s.DataDir+"/pg_wal", "--timeline=1", "--start="+rejoin.FormatLSN(fork), "--quiet")
+	out, err := b.Run(ctx, "pg_waldump", "--path="+s.DataDir+"/pg_wal", "--timeline=1", "--start="+pglsn.Format(fork), "--quiet")
 	m := invalidRecordRE.FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("pg_waldump did not report the end of the WAL (%v):\n%s", err, out)
 	}
-	lsn, perr := rejoin.ParseLSN(string(m[1]))
+	lsn, perr := pglsn.Parse(string(m[1]))
 	if perr != nil {
 		t.Fatal(perr)
 	}
@@ -284,7 +284,7 @@ func endOfWAL(t *testing.T, ctx context.Context, b *pgtest.Bench, s *pgtest.Serv
 func otherRecords(t *testing.T, ctx context.Context, b *pgtest.Bench, old, nu *pgtest.Server, fork, final uint64) string {
 	t.Helper()
 	dump, err := b.Run(ctx, "pg_waldump", "--path="+old.DataDir+"/pg_wal", "--timeline=1",
-		"--start="+rejoin.FormatLSN(fork), "--end="+rejoin.FormatLSN(final))
+		"--start="+pglsn.Format(fork), "--end="+pglsn.Format(final))
 	if err != nil {
 		return fmt.Sprintf("(pg_waldump: %v)", err)
 	}

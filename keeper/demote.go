@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/internal/atomicfile"
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/rejoin"
@@ -224,7 +225,7 @@ func (k *Keeper) doDemote(ctx context.Context, tok Token, host string, port uint
 	if err := k.writeDemote(res); err != nil {
 		return DemoteResult{}, err
 	}
-	k.log.Warn("demoted: clean shutdown measured", "final_lsn", formatLSN(final), "timeline", tli, "shutdown", shutdown)
+	k.log.Warn("demoted: clean shutdown measured", "final_lsn", pglsn.Format(final), "timeline", tli, "shutdown", shutdown)
 	return k.startDemoted(ctx, res)
 }
 
@@ -246,6 +247,6 @@ func (k *Keeper) startDemoted(ctx context.Context, res DemoteResult) (DemoteResu
 	res.StartMs = time.Since(start).Milliseconds()
 	k.checkRunning(ctx)
 	k.observe(ctx, 5*time.Second)
-	k.log.Warn("demoted: running as a standby", "upstream", res.Upstream, "final_lsn", formatLSN(res.FinalLSN), "dropped_slots", res.DroppedSlots)
+	k.log.Warn("demoted: running as a standby", "upstream", res.Upstream, "final_lsn", pglsn.Format(res.FinalLSN), "dropped_slots", res.DroppedSlots)
 	return res, nil
 }

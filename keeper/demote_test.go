@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/internal/witnesstest"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
@@ -57,7 +58,7 @@ func TestDemoteFollowsWithoutARewind(t *testing.T) {
 	}
 	// The clean shutdown sent the standby everything, up to the final LSN.
 	if err := r.eu.WaitReplayed(ctx, final); err != nil {
-		t.Errorf("pg-eu did not replay the final LSN %s: %v", formatLSN(final), err)
+		t.Errorf("pg-eu did not replay the final LSN %s: %v", pglsn.Format(final), err)
 	}
 	if !inRecoveryNow(t, r) {
 		t.Fatal("the demoted server is not in recovery")

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 )
 
@@ -111,7 +112,7 @@ func (o *observer) query(ctx context.Context, obs *observation) error {
 		if f.s == nil {
 			continue
 		}
-		v, err := parseLSN(*f.s)
+		v, err := pglsn.Parse(*f.s)
 		if err != nil {
 			return err
 		}

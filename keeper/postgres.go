@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/regentdb/regent/internal/pglsn"
 )
 
 // pgCtl runs pg_ctl and pg_controldata on the local data directory, as run_as when the keeper
@@ -230,32 +232,12 @@ const (
 func controlFacts(m map[string]string) (crashRecovery bool, lsn uint64) {
 	crashRecovery = m[cdState] == "in crash recovery"
 	for _, k := range []string{cdCheckpoint, cdMinRecovery} {
-		if v, err := parseLSN(m[k]); err == nil && v > lsn {
+		if v, err := pglsn.Parse(m[k]); err == nil && v > lsn {
 			lsn = v
 		}
 	}
 	return crashRecovery, lsn
 }
-
-// parseLSN parses a pg_lsn's text form, "16/B374D848".
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("LSN %q is not of the form X/Y", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	return h<<32 | l, nil
-}
-
-// formatLSN is parseLSN's inverse.
-func formatLSN(v uint64) string { return fmt.Sprintf("%X/%X", v>>32, uint32(v)) }
 
 // shellQuote quotes s for the /bin/sh command line pg_ctl builds from -o.
 func shellQuote(s string) string {

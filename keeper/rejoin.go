@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 	"github.com/regentdb/regent/rejoin"
@@ -239,7 +240,7 @@ func (k *Keeper) rejoinMeasure(ctx context.Context, l rejoin.Local, up pgconnect
 	}
 	k.log.Warn("rejoin: data loss measured", "loss", loss, "heartbeat_commits", loss.WAL.Excluded)
 	r := RejoinResult{DataLossBytes: loss.Bytes, LostTransactions: loss.Transactions, HeartbeatCommits: loss.WAL.Excluded,
-		FinalLSN: formatLSN(loss.FinalLSN), ForkLSN: formatLSN(loss.ForkLSN), Timeline: loss.Timeline, NewTimeline: loss.NewTimeline}
+		FinalLSN: pglsn.Format(loss.FinalLSN), ForkLSN: pglsn.Format(loss.ForkLSN), Timeline: loss.Timeline, NewTimeline: loss.NewTimeline}
 	if loss.Transactions < 0 {
 		r.HeartbeatCommits = -1
 		r.Note = "the WAL after the fork point is no longer in pg_wal: the lost transactions cannot be counted (the bytes are exact)"
@@ -287,8 +288,8 @@ func reportOf(tok Token, detail string) *regentv1.RejoinReport {
 	}
 	rep := &regentv1.RejoinReport{Token: tok.Proto(), Ok: true, Method: r.Method, DataLossBytes: r.DataLossBytes,
 		LostTransactions: int64(r.LostTransactions), Upstream: r.Upstream, Error: r.Note}
-	rep.FinalLsn, _ = rejoin.ParseLSN(r.FinalLSN)
-	rep.ForkLsn, _ = rejoin.ParseLSN(r.ForkLSN)
+	rep.FinalLsn, _ = pglsn.Parse(r.FinalLSN)
+	rep.ForkLsn, _ = pglsn.Parse(r.ForkLSN)
 	if !r.FinishedAt.IsZero() {
 		rep.FinishedAt = timestamppb.New(r.FinishedAt)
 	}

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/regentdb/regent/fencing"
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgops"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
@@ -222,9 +223,9 @@ func (k *Keeper) doPromote(ctx context.Context) (bool, string, error) {
 		return false, "", err
 	}
 	if res.AlreadyPrimary {
-		return true, fmt.Sprintf("already a primary (timeline %d, LSN %s)", res.Timeline, formatLSN(res.LSN)), nil
+		return true, fmt.Sprintf("already a primary (timeline %d, LSN %s)", res.Timeline, pglsn.Format(res.LSN)), nil
 	}
-	return true, fmt.Sprintf("promoted: timeline %d, LSN %s", res.Timeline, formatLSN(res.LSN)), nil
+	return true, fmt.Sprintf("promoted: timeline %d, LSN %s", res.Timeline, pglsn.Format(res.LSN)), nil
 }
 
 // doRestart lifts a STOP and restarts the server under the startup rules.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/regentdb/regent/fencing"
+	"github.com/regentdb/regent/internal/pglsn"
 	regentv1 "github.com/regentdb/regent/proto/regent/v1"
 )
 
@@ -389,8 +390,8 @@ Minimum recovery ending location:     0/0
 	if crash || lsn != 1<<32|0x20 {
 		t.Errorf("crash %v lsn %X", crash, lsn)
 	}
-	if formatLSN(1<<32|0x20) != "1/20" {
-		t.Errorf("formatLSN: %s", formatLSN(1<<32|0x20))
+	if pglsn.Format(1<<32|0x20) != "1/20" {
+		t.Errorf("formatLSN: %s", pglsn.Format(1<<32|0x20))
 	}
 }
 

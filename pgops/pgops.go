@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 )
 
@@ -142,7 +143,7 @@ func Promote(ctx context.Context, t Target) (PromoteResult, error) {
 	if err := c.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text, "+timelineExpr).Scan(&lsn, &tli); err != nil {
 		return res, fmt.Errorf("promoting %s: reading its WAL position: %w", t, err)
 	}
-	if res.LSN, err = parseLSN(lsn); err != nil {
+	if res.LSN, err = pglsn.Parse(lsn); err != nil {
 		return res, fmt.Errorf("promoting %s: %w", t, err)
 	}
 	res.Timeline = uint32(tli)
@@ -187,23 +188,6 @@ func confirmWritable(ctx context.Context, t Target) error {
 func concurrentDDL(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P06" || pe.Code == "42P07")
-}
-
-// parseLSN parses a pg_lsn's text form, "16/B374D848".
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("LSN %q is not of the form X/Y", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	return h<<32 | l, nil
 }
 
 // Repoint makes the standby stream from the new primary at newPrimaryHost:newPrimaryPort. It

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/regentdb/regent/internal/pglsn"
 )
 
 func TestDataLossBytes(t *testing.T) {
@@ -29,13 +31,13 @@ func TestDataLossBytes(t *testing.T) {
 
 func TestParseLSN(t *testing.T) {
 	for in, want := range map[string]uint64{"0/0": 0, "16/B374D848": 0x16B374D848, "FFFFFFFF/FFFFFFFF": math.MaxUint64} {
-		if got, err := parseLSN(in); err != nil || got != want {
-			t.Errorf("parseLSN(%q) = %X, %v", in, got, err)
+		if got, err := pglsn.Parse(in); err != nil || got != want {
+			t.Errorf("pglsn.Parse(%q) = %X, %v", in, got, err)
 		}
 	}
 	for _, in := range []string{"", "16", "x/1", "1/100000000"} {
-		if _, err := parseLSN(in); err == nil {
-			t.Errorf("parseLSN(%q) succeeded", in)
+		if _, err := pglsn.Parse(in); err == nil {
+			t.Errorf("pglsn.Parse(%q) succeeded", in)
 		}
 	}
 }

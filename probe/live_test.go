@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/regentdb/regent/heartbeat"
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgtest"
 	"github.com/regentdb/regent/probe"
 )
@@ -83,8 +84,8 @@ func TestLive(t *testing.T) {
 			t.Errorf("primary probed as in recovery")
 		}
 		if pr.CurrentLSN < before.Current || pr.CurrentLSN > after.Current {
-			t.Errorf("primary CurrentLSN %s not within [%s, %s]", probe.FormatLSN(pr.CurrentLSN),
-				probe.FormatLSN(before.Current), probe.FormatLSN(after.Current))
+			t.Errorf("primary CurrentLSN %s not within [%s, %s]", pglsn.Format(pr.CurrentLSN),
+				pglsn.Format(before.Current), pglsn.Format(after.Current))
 		}
 		if pr.ReceivedLSN != 0 || pr.ReplayLSN != 0 || pr.WalReceiverStatus != "" || pr.ReplayPaused {
 			t.Errorf("primary has standby fields: %+v", pr)
@@ -110,7 +111,7 @@ func TestLive(t *testing.T) {
 			}
 			if r.ReplayLSN < after.Current || r.ReceivedLSN < r.ReplayLSN {
 				t.Errorf("%s: received %s replayed %s; want replayed >= %s and received >= replayed", s.Name,
-					probe.FormatLSN(r.ReceivedLSN), probe.FormatLSN(r.ReplayLSN), probe.FormatLSN(after.Current))
+					pglsn.Format(r.ReceivedLSN), pglsn.Format(r.ReplayLSN), pglsn.Format(after.Current))
 			}
 			if r.WalReceiverStatus != "streaming" || r.SenderHost != p.Host || int(r.SenderPort) != p.Port {
 				t.Errorf("%s: receiver %q from %s:%d; want streaming from %s:%d", s.Name,
@@ -210,7 +211,7 @@ func TestLive(t *testing.T) {
 		mustReach(t, secondPrimary)
 		if !second.ReplayPaused || second.ReplayLSN != first.ReplayLSN {
 			t.Errorf("replay moved while paused: %s -> %s (paused %v)",
-				probe.FormatLSN(first.ReplayLSN), probe.FormatLSN(second.ReplayLSN), second.ReplayPaused)
+				pglsn.Format(first.ReplayLSN), pglsn.Format(second.ReplayLSN), second.ReplayPaused)
 		}
 		lag1 := firstPrimary.CurrentLSN - first.ReplayLSN
 		lag2 := secondPrimary.CurrentLSN - second.ReplayLSN

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/regentdb/regent/internal/pglsn"
 )
 
 // Result is what one probe of one node found.
@@ -94,9 +96,9 @@ func (r Result) String() string {
 	}
 	if r.InRecovery {
 		return fmt.Sprintf("%s replica tl %d received %s replayed %s receiver %q paused %v (%v)",
-			r.Target, r.Timeline, FormatLSN(r.ReceivedLSN), FormatLSN(r.ReplayLSN), r.WalReceiverStatus, r.ReplayPaused, r.Latency)
+			r.Target, r.Timeline, pglsn.Format(r.ReceivedLSN), pglsn.Format(r.ReplayLSN), r.WalReceiverStatus, r.ReplayPaused, r.Latency)
 	}
-	return fmt.Sprintf("%s primary tl %d at %s (%v)", r.Target, r.Timeline, FormatLSN(r.CurrentLSN), r.Latency)
+	return fmt.Sprintf("%s primary tl %d at %s (%v)", r.Target, r.Timeline, pglsn.Format(r.CurrentLSN), r.Latency)
 }
 
 // LogValue logs the result's main fields.
@@ -110,7 +112,7 @@ func (r Result) LogValue() slog.Value {
 		attrs = append(attrs, slog.String("class", string(r.ErrorClass)), slog.Any("err", r.Err))
 	} else {
 		attrs = append(attrs, slog.String("role", r.Role()), slog.Uint64("timeline", uint64(r.Timeline)),
-			slog.String("lsn", FormatLSN(r.Position())))
+			slog.String("lsn", pglsn.Format(r.Position())))
 	}
 	return slog.GroupValue(attrs...)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 )
 
@@ -42,12 +43,12 @@ func ParseHistory(data string) ([]TimelineSwitch, error) {
 		if err != nil || tli == 0 {
 			return nil, fmt.Errorf("%w: line %d: timeline %q is not a positive number", ErrBadHistory, i+1, f[0])
 		}
-		lsn, err := ParseLSN(f[1])
+		lsn, err := pglsn.Parse(f[1])
 		if err != nil {
 			return nil, fmt.Errorf("%w: line %d: %w", ErrBadHistory, i+1, err)
 		}
 		if n := len(out); n > 0 && (uint32(tli) <= out[n-1].Timeline || lsn < out[n-1].SwitchLSN) {
-			return nil, fmt.Errorf("%w: line %d: timeline %d at %s does not follow timeline %d at %s", ErrBadHistory, i+1, tli, FormatLSN(lsn), out[n-1].Timeline, FormatLSN(out[n-1].SwitchLSN))
+			return nil, fmt.Errorf("%w: line %d: timeline %d at %s does not follow timeline %d at %s", ErrBadHistory, i+1, tli, pglsn.Format(lsn), out[n-1].Timeline, pglsn.Format(out[n-1].SwitchLSN))
 		}
 		reason := ""
 		if len(f) > 2 {

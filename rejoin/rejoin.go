@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 	"github.com/regentdb/regent/pgops"
 )
@@ -97,9 +98,9 @@ type Loss struct {
 // LogValue logs the measurement with LSNs in PostgreSQL's notation.
 func (l Loss) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("final_lsn", FormatLSN(l.FinalLSN)),
+		slog.String("final_lsn", pglsn.Format(l.FinalLSN)),
 		slog.Uint64("timeline", uint64(l.Timeline)),
-		slog.String("fork_lsn", FormatLSN(l.ForkLSN)),
+		slog.String("fork_lsn", pglsn.Format(l.ForkLSN)),
 		slog.Int64("bytes", l.Bytes),
 		slog.Int("transactions", l.Transactions),
 	)

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/regentdb/regent/heartbeat"
+	"github.com/regentdb/regent/internal/pglsn"
 	"github.com/regentdb/regent/pgconnect"
 	"github.com/regentdb/regent/pgops"
 	"github.com/regentdb/regent/pgtest"
@@ -93,7 +94,7 @@ func failoverWith(t *testing.T, ctx context.Context, b *pgtest.Bench, more func(
 		t.Fatal(err)
 	}
 	c.Close(context.Background())
-	if flushed, err = ParseLSN(lsn); err != nil {
+	if flushed, err = pglsn.Parse(lsn); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Kill9(); err != nil {
@@ -190,7 +191,7 @@ func checkRecordEnds(t *testing.T, ctx context.Context, l Local) {
 			}
 			recs = append(recs, r)
 		}
-	}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", cd.Timeline), "--start="+FormatLSN(first.segno*w.segSize))
+	}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", cd.Timeline), "--start="+pglsn.Format(first.segno*w.segSize))
 	if startErr != nil {
 		t.Fatal(startErr)
 	}
@@ -199,7 +200,7 @@ func checkRecordEnds(t *testing.T, ctx context.Context, l Local) {
 		r := recs[i]
 		end := w.end(r)
 		if got, want := w.nextRecordStart(end), recs[i+1].lsn; got != want {
-			t.Fatalf("record at %s (%s, %d bytes): computed end %s, but the next record starts at %s", FormatLSN(r.lsn), r.rmgr, r.totLen, FormatLSN(end), FormatLSN(want))
+			t.Fatalf("record at %s (%s, %d bytes): computed end %s, but the next record starts at %s", pglsn.Format(r.lsn), r.rmgr, r.totLen, pglsn.Format(end), pglsn.Format(want))
 		}
 		if r.lsn/w.blockSize != (r.lsn+r.totLen-1)/w.blockSize {
 			crossing++
@@ -250,18 +251,18 @@ func TestRejoinAfterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("old primary: final LSN %s on timeline %d (flushed %s before the kill); fork point %s (the standby had replayed %s)",
-		FormatLSN(final), tli, FormatLSN(flushed), FormatLSN(fork), FormatLSN(replayed))
+		pglsn.Format(final), tli, pglsn.Format(flushed), pglsn.Format(fork), pglsn.Format(replayed))
 	if tli != 1 {
 		t.Errorf("old primary's timeline = %d, want 1", tli)
 	}
 	if fork != replayed {
-		t.Errorf("fork point %s, but the promoted standby had replayed up to %s", FormatLSN(fork), FormatLSN(replayed))
+		t.Errorf("fork point %s, but the promoted standby had replayed up to %s", pglsn.Format(fork), pglsn.Format(replayed))
 	}
 	if final <= fork {
-		t.Errorf("final LSN %s is not after the fork point %s", FormatLSN(final), FormatLSN(fork))
+		t.Errorf("final LSN %s is not after the fork point %s", pglsn.Format(final), pglsn.Format(fork))
 	}
 	if final < flushed {
-		t.Errorf("final LSN %s is before the position %s flushed after the last commit", FormatLSN(final), FormatLSN(flushed))
+		t.Errorf("final LSN %s is before the position %s flushed after the last commit", pglsn.Format(final), pglsn.Format(flushed))
 	}
 	if got, want := DataLossBytes(final, fork), int64(final-fork); got != want {
 		t.Errorf("DataLossBytes = %d, want %d", got, want)
@@ -288,7 +289,7 @@ func TestRejoinAfterFailover(t *testing.T) {
 	if loss.FinalLSN != final || loss.Timeline != tli || loss.ForkLSN != fork || loss.NewTimeline != 2 ||
 		loss.Bytes != int64(final-fork) || loss.Transactions != lostRows || loss.WAL.Commits != lostRows ||
 		loss.WAL.CommitsPrepared != 0 || loss.WAL.Aborts != 0 {
-		t.Errorf("Measure = %+v, want final %s, fork %s, %d transactions", loss, FormatLSN(final), FormatLSN(fork), lostRows)
+		t.Errorf("Measure = %+v, want final %s, fork %s, %d transactions", loss, pglsn.Format(final), pglsn.Format(fork), lostRows)
 	}
 	if loss.WAL.FirstCommit.IsZero() || loss.WAL.LastCommit.Before(loss.WAL.FirstCommit) || time.Since(loss.WAL.LastCommit) > 10*time.Minute {
 		t.Errorf("commit times %v .. %v are implausible", loss.WAL.FirstCommit, loss.WAL.LastCommit)
@@ -320,8 +321,8 @@ func TestRejoinAfterFailover(t *testing.T) {
 	// PostgreSQL's own account of where the old primary's WAL ended must be FinalLSN's, and
 	// single-user mode never opened for connections.
 	if !strings.Contains(res.CrashRecoveryLog, "automatic recovery in progress") ||
-		!strings.Contains(res.CrashRecoveryLog, " at "+FormatLSN(final)+":") {
-		t.Errorf("crash recovery log does not show recovery ending at %s:\n%s", FormatLSN(final), res.CrashRecoveryLog)
+		!strings.Contains(res.CrashRecoveryLog, " at "+pglsn.Format(final)+":") {
+		t.Errorf("crash recovery log does not show recovery ending at %s:\n%s", pglsn.Format(final), res.CrashRecoveryLog)
 	}
 	if strings.Contains(res.CrashRecoveryLog, "ready to accept connections") {
 		t.Errorf("crash recovery accepted connections:\n%s", res.CrashRecoveryLog)
@@ -457,7 +458,7 @@ func TestRecloneWhenRewindImpossible(t *testing.T) {
 	}
 	if n, err := LostTransactions(ctx, local, loss.FinalLSN, final2, tli2); err != nil || final2 <= loss.FinalLSN || tli2 != loss.Timeline || n != 0 {
 		t.Errorf("WAL after crash recovery ends at %s on timeline %d (before: %s) with %d commits after the old end (%v); want a later end and no commit",
-			FormatLSN(final2), tli2, FormatLSN(loss.FinalLSN), n, err)
+			pglsn.Format(final2), tli2, pglsn.Format(loss.FinalLSN), n, err)
 	}
 
 	if err := CreateSlot(ctx, newT, "primary_slot"); err != nil {

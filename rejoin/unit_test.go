@@ -14,26 +14,6 @@ import (
 	"github.com/regentdb/regent/pgops"
 )
 
-func TestLSN(t *testing.T) {
-	for _, s := range []string{"0/0", "16/B374D848", "FFFFFFFF/FFFFFFFF"} {
-		n, err := ParseLSN(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := FormatLSN(n); got != s {
-			t.Errorf("FormatLSN(ParseLSN(%q)) = %q", s, got)
-		}
-	}
-	if n, err := ParseLSN("0/015167A8"); err != nil || n != 0x15167A8 {
-		t.Errorf("ParseLSN of pg_waldump's zero-padded form = %X, %v", n, err)
-	}
-	for _, bad := range []string{"", "12", "x/1", "1/", "100000000/0"} {
-		if _, err := ParseLSN(bad); err == nil {
-			t.Errorf("ParseLSN(%q) succeeded", bad)
-		}
-	}
-}
-
 func TestDataLossBytes(t *testing.T) {
 	for _, tc := range []struct {
 		final, fork uint64

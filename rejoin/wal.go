@@ -13,28 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/regentdb/regent/internal/pglsn"
 )
-
-// FormatLSN writes an LSN as PostgreSQL does, e.g. "16/B374D848".
-func FormatLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn)) }
-
-// ParseLSN parses a pg_lsn's text form, e.g. "16/B374D848" (hex digits, either case, leading
-// zeros allowed as pg_waldump writes them).
-func ParseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("LSN %q is not of the form X/Y", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("LSN %q: %w", s, err)
-	}
-	return h<<32 | l, nil
-}
 
 // ControlData is what ReadControlData takes from pg_controldata.
 type ControlData struct {
@@ -114,7 +95,7 @@ func parseControlData(out string) (ControlData, error) {
 		return n
 	}
 	lsn := func(key string) uint64 {
-		n, err := ParseLSN(kv[key])
+		n, err := pglsn.Parse(kv[key])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%q: %w", key, err))
 		}
@@ -231,7 +212,7 @@ func parseRecord(line []byte) (walRecord, error) {
 	if err != nil {
 		return walRecord{}, fmt.Errorf("pg_waldump line %q: %w", truncate(string(line), 200), err)
 	}
-	lsn, err := ParseLSN(string(m[5]))
+	lsn, err := pglsn.Parse(string(m[5]))
 	if err != nil {
 		return walRecord{}, fmt.Errorf("pg_waldump line %q: %w", truncate(string(line), 200), err)
 	}
@@ -390,7 +371,7 @@ func (u *osUser) walEnd(ctx context.Context, l Local, cd ControlData) (walEndRes
 				n++
 				last = append(last[:0], line...)
 			}
-		}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", s.tli), "--start="+FormatLSN(start))
+		}, "pg_waldump", "--path="+walDir, fmt.Sprintf("--timeline=%d", s.tli), "--start="+pglsn.Format(start))
 		if startErr != nil {
 			return walEndResult{}, fmt.Errorf("rejoin: reading the WAL of %s: %w", l.DataDir, startErr)
 		}
@@ -405,9 +386,9 @@ func (u *osUser) walEnd(ctx context.Context, l Local, cd ControlData) (walEndRes
 		return walEndResult{lsn: w.end(rec), tli: s.tli, last: rec}, nil
 	}
 	if len(tried) == 0 {
-		tried = append(tried, "no segment file at or after the checkpoint's REDO point "+FormatLSN(cd.RedoLSN))
+		tried = append(tried, "no segment file at or after the checkpoint's REDO point "+pglsn.Format(cd.RedoLSN))
 	}
-	return walEndResult{}, fmt.Errorf("%w in %s after the REDO point %s (%s); the WAL is damaged or missing: re-clone this node", ErrNoValidWAL, walDir, FormatLSN(cd.RedoLSN), strings.Join(tried, "; "))
+	return walEndResult{}, fmt.Errorf("%w in %s after the REDO point %s (%s); the WAL is damaged or missing: re-clone this node", ErrNoValidWAL, walDir, pglsn.Format(cd.RedoLSN), strings.Join(tried, "; "))
 }
 
 func lastLine(s string) string {
@@ -645,7 +626,7 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 			sum.AbortsPrepared++
 		}
 	}, "pg_waldump", append([]string{"--path=" + walDir, fmt.Sprintf("--timeline=%d", timeline),
-		"--start=" + FormatLSN(start), "--end=" + FormatLSN(to)}, filter...)...)
+		"--start=" + pglsn.Format(start), "--end=" + pglsn.Format(to)}, filter...)...)
 	switch {
 	case startErr != nil:
 		return sum, fmt.Errorf("rejoin: reading the WAL of %s: %w", l.DataDir, startErr)
@@ -653,10 +634,10 @@ func (u *osUser) scanWAL(ctx context.Context, l Local, from, to uint64, timeline
 		return sum, fmt.Errorf("rejoin: reading the WAL of %s: %w; is BinDir's pg_waldump the cluster's version?", l.DataDir, parseErr)
 	case exitErr != nil && (strings.Contains(stderr, "could not find file") || strings.Contains(stderr, "No such file")):
 		return sum, fmt.Errorf("%w: pg_waldump from %s to %s on timeline %d in %s: %s; the count of lost transactions is unknown (the byte count is still exact)",
-			ErrWALMissing, FormatLSN(from), FormatLSN(to), timeline, walDir, strings.TrimSpace(lastLine(stderr)))
+			ErrWALMissing, pglsn.Format(from), pglsn.Format(to), timeline, walDir, strings.TrimSpace(lastLine(stderr)))
 	case exitErr != nil:
 		return sum, fmt.Errorf("rejoin: pg_waldump from %s to %s on timeline %d in %s failed: %w: %s; check that `to` is not beyond FinalLSN and the server has not been started since",
-			FormatLSN(from), FormatLSN(to), timeline, walDir, exitErr, strings.TrimSpace(stderr))
+			pglsn.Format(from), pglsn.Format(to), timeline, walDir, exitErr, strings.TrimSpace(stderr))
 	}
 	return sum, nil
 }

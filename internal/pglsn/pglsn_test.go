@@ -1,4 +1,4 @@
-package probe
+package pglsn
 
 import (
 	"math"
@@ -17,6 +17,7 @@ func TestParseLSN(t *testing.T) {
 		{"16/b374d848", 0x16B374D848, false},
 		{"FFFFFFFF/FFFFFFFF", math.MaxUint64, false},
 		{"00000001/00000000", 1 << 32, false},
+		{"0/015167A8", 0x15167A8, false}, // pg_waldump's zero-padded form
 		{"", 0, true},
 		{"/", 0, true},
 		{"0/", 0, true},
@@ -31,9 +32,9 @@ func TestParseLSN(t *testing.T) {
 		{"0/100000000", 0, true},
 	}
 	for _, tt := range tests {
-		got, err := ParseLSN(tt.in)
+		got, err := Parse(tt.in)
 		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("ParseLSN(%q) = %X, %v; want %X, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			t.Errorf("Parse(%q) = %X, %v; want %X, error %v", tt.in, got, err, tt.want, tt.wantErr)
 		}
 	}
 }
@@ -50,12 +51,12 @@ func TestFormatLSN(t *testing.T) {
 		{math.MaxUint64, "FFFFFFFF/FFFFFFFF"},
 	}
 	for _, tt := range tests {
-		if got := FormatLSN(tt.in); got != tt.want {
-			t.Errorf("FormatLSN(%X) = %q; want %q", tt.in, got, tt.want)
+		if got := Format(tt.in); got != tt.want {
+			t.Errorf("Format(%X) = %q; want %q", tt.in, got, tt.want)
 		}
-		back, err := ParseLSN(tt.want)
+		back, err := Parse(tt.want)
 		if err != nil || back != tt.in {
-			t.Errorf("ParseLSN(FormatLSN(%X)) = %X, %v", tt.in, back, err)
+			t.Errorf("Parse(Format(%X)) = %X, %v", tt.in, back, err)
 		}
 	}
 }
@@ -64,7 +65,7 @@ func FuzzLSNRoundTrip(f *testing.F) {
 	f.Add(uint64(0))
 	f.Add(uint64(0x16B374D848))
 	f.Fuzz(func(t *testing.T, v uint64) {
-		got, err := ParseLSN(FormatLSN(v))
+		got, err := Parse(Format(v))
 		if err != nil || got != v {
 			t.Fatalf("round trip of %X gave %X, %v", v, got, err)
 		}
