@@ -256,7 +256,7 @@ func Repoint(ctx context.Context, standby Target, newPrimaryHost string, newPrim
 	if slot != "" {
 		np := standby
 		np.Host, np.Port, np.Node = newPrimaryHost, newPrimaryPort, "new primary"
-		if err := ensureSlot(ctx, np, slot); err != nil {
+		if err := EnsureSlot(ctx, np, slot); err != nil {
 			return fmt.Errorf("repointing %s: %w", standby, err)
 		}
 	}
@@ -274,8 +274,10 @@ func Repoint(ctx context.Context, standby Target, newPrimaryHost string, newPrim
 	return nil
 }
 
-// ensureSlot creates the physical replication slot on np when it is missing.
-func ensureSlot(ctx context.Context, np Target, slot string) error {
+// EnsureSlot creates the physical replication slot slot on np (the new primary) when it is
+// missing, reserving WAL at once; an existing physical slot is fine, one of another kind an
+// error. It is idempotent and safe against a concurrent creation.
+func EnsureSlot(ctx context.Context, np Target, slot string) error {
 	c, err := pgconnect.Connect(ctx, np, appName)
 	if err != nil {
 		return fmt.Errorf("creating replication slot %q on the new primary: %w", slot, err)

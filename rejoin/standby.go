@@ -11,9 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/regentdb/regent/pgconnect"
 	"github.com/regentdb/regent/pgops"
 )
@@ -183,27 +180,5 @@ func CreateSlot(ctx context.Context, t pgconnect.Target, slot string) error {
 	if !slotNameRE.MatchString(slot) {
 		return fmt.Errorf("rejoin: replication slot name %q is invalid: use 1-63 lowercase letters, digits and underscores", slot)
 	}
-	c, err := pgconnect.Connect(ctx, t, appName)
-	if err != nil {
-		return fmt.Errorf("rejoin: creating replication slot %q on %s: %w; retry once it answers", slot, t, err)
-	}
-	defer pgconnect.Close(c)
-	var kind string
-	err = c.QueryRow(ctx, "SELECT slot_type FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&kind)
-	switch {
-	case err == nil && kind == "physical":
-		return nil
-	case err == nil:
-		return fmt.Errorf("rejoin: replication slot %q on %s is %s, not physical; drop it or choose another name", slot, t, kind)
-	case !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("rejoin: looking for replication slot %q on %s: %w", slot, t, err)
-	}
-	if _, err := c.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", slot); err != nil {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42710" {
-			return nil // created meanwhile
-		}
-		return fmt.Errorf("rejoin: creating replication slot %q on %s: %w; check max_replication_slots and the role's REPLICATION right", slot, t, err)
-	}
-	return nil
+	return pgops.EnsureSlot(ctx, t, slot)
 }
