@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -114,16 +113,12 @@ func (w *testLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// postmasterPIDOf reads the running postmaster's pid from s's postmaster.pid.
+// postmasterPIDOf is the pid of the postmaster running on s's data directory.
 func postmasterPIDOf(t *testing.T, s *pgtest.Server) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
-	if err != nil {
-		t.Fatalf("read postmaster.pid of %s: %v", s, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil {
-		t.Fatalf("postmaster.pid of %s: %v", s, err)
+	pid := s.PostmasterPID()
+	if pid == 0 {
+		t.Fatalf("no postmaster runs on %s", s)
 	}
 	return pid
 }

@@ -60,14 +60,14 @@ func (s *service) Instruct(ctx context.Context, req *regentv1.InstructRequest) (
 	if err := k.admit(tok); err != nil {
 		return nil, err
 	}
-	actx, cancel := context.WithTimeout(ctx, maxActionTime)
+	parent, limit := ctx, maxActionTime
 	if act == regentv1.KeeperAction_KEEPER_ACTION_REJOIN {
 		// A rejoin runs to its end even when the leader stops waiting (its call has a deadline
 		// of minutes; a re-clone may take hours): the leader sees `rejoining` in KeeperStatus
 		// meanwhile, and a repeated REJOIN with this token answers the recorded result.
-		cancel()
-		actx, cancel = context.WithTimeout(context.WithoutCancel(ctx), k.cfg.rejoinTimeout())
+		parent, limit = context.WithoutCancel(ctx), k.cfg.rejoinTimeout()
 	}
+	actx, cancel := context.WithTimeout(parent, limit)
 	defer cancel()
 	k.log.Info("instruction", "action", act.String(), "token", tok.String())
 	var (

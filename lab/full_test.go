@@ -248,7 +248,7 @@ func TestFullLabWithKeepersLosesAHostAndItRejoins(t *testing.T) {
 	if rec, err := old.Server.IsInRecovery(ctx); err != nil || !rec {
 		t.Fatalf("revived old primary in recovery %v (%v)", rec, err)
 	}
-	pids := append(l.PIDs(), postmasterPID(old.Server))
+	pids := append(l.PIDs(), old.Server.PostmasterPID())
 	if err := l.Stop(); err != nil {
 		t.Errorf("stop: %v", err)
 	}

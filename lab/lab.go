@@ -19,13 +19,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -688,7 +685,7 @@ func (l *Lab) killPrimary(host bool) (Killed, error) {
 	if p == nil {
 		return Killed{}, errors.New("no primary to kill: the lab runs no PostgreSQL (--no-postgres) or no cluster is applied")
 	}
-	pid := postmasterPID(p.Server)
+	pid := p.Server.PostmasterPID()
 	if pid == 0 {
 		return Killed{}, fmt.Errorf("primary %s is not running (killed already?); wait for the failover to pick a new one", p.Name)
 	}
@@ -699,7 +696,7 @@ func (l *Lab) killPrimary(host bool) (Killed, error) {
 		go func(kp *keeper.Keeper) { kp.Kill(); close(done) }(p.Keeper)
 		p.Keeper, k.Host = nil, true
 	}
-	err := killPostmaster(p.Server, pid)
+	err := p.Server.Kill9()
 	if done != nil {
 		<-done
 	}
@@ -707,45 +704,6 @@ func (l *Lab) killPrimary(host bool) (Killed, error) {
 		return k, fmt.Errorf("kill primary %s: %w", p.Name, err)
 	}
 	return k, nil
-}
-
-// postmasterPID is s's postmaster: pgtest's child, or one a keeper started (its postmaster.pid).
-func postmasterPID(s *pgtest.Server) int {
-	if pid := s.PID(); pid != 0 {
-		return pid
-	}
-	b, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
-	if err != nil {
-		return 0
-	}
-	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return 0
-	}
-	return pid
-}
-
-// killPostmaster sends SIGKILL to s's postmaster pid and waits until its port refuses
-// connections.
-func killPostmaster(s *pgtest.Server, pid int) error {
-	if s.PID() == pid {
-		return s.Kill9()
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("SIGKILL to %s (pid %d): %w", s, pid, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
-	return pgtest.WaitFor(ctx, func(ctx context.Context) (bool, error) {
-		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			return false, fmt.Errorf("%s still accepts connections", addr)
-		}
-		return errors.Is(err, syscall.ECONNREFUSED), err
-	})
 }
 
 // Down returns the nodes whose host KillPrimary took down and Revive has not brought back.

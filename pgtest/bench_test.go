@@ -309,21 +309,37 @@ func TestCloseStopsAForeignPostmaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := fmt.Sprintf("-p %d -c listen_addresses=%s -c unix_socket_directories=%s -c cluster_name=%s", s.Port, s.Host, s.Dir, s.Name)
-	if out, err := b.Run(ctx, "pg_ctl", "start", "-w", "-D", s.DataDir, "-l", filepath.Join(s.Dir, "foreign.log"), "-o", opts); err != nil {
-		t.Fatalf("pg_ctl start: %v: %s", err, out)
+	startForeign := func() int {
+		t.Helper()
+		if out, err := b.Run(ctx, "pg_ctl", "start", "-w", "-D", s.DataDir, "-l", filepath.Join(s.Dir, "foreign.log"), "-o", opts); err != nil {
+			t.Fatalf("pg_ctl start: %v: %s", err, out)
+		}
+		pidFile, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := strings.Cut(string(pidFile), "\n")
+		pid, err := strconv.Atoi(strings.TrimSpace(first))
+		if err != nil || !alive(pid) {
+			t.Fatalf("foreign postmaster pid %q (%v) not running", first, err)
+		}
+		if s.Running() {
+			t.Fatal("pgtest claims the foreign postmaster as its own")
+		}
+		if got := s.PostmasterPID(); got != pid {
+			t.Fatalf("PostmasterPID() = %d, want the foreign postmaster %d", got, pid)
+		}
+		return pid
 	}
-	pidFile, err := os.ReadFile(filepath.Join(s.DataDir, "postmaster.pid"))
-	if err != nil {
-		t.Fatal(err)
+	// Kill9 reaches a foreign postmaster too.
+	pid := startForeign()
+	if err := s.Kill9(); err != nil {
+		t.Fatalf("Kill9 of a foreign postmaster: %v", err)
 	}
-	first, _, _ := strings.Cut(string(pidFile), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || !alive(pid) {
-		t.Fatalf("foreign postmaster pid %q (%v) not running", first, err)
+	if alive(pid) || s.PostmasterPID() != 0 {
+		t.Fatalf("foreign postmaster %d survived Kill9 (PostmasterPID %d)", pid, s.PostmasterPID())
 	}
-	if s.Running() {
-		t.Fatal("pgtest claims the foreign postmaster as its own")
-	}
+	pid = startForeign()
 	if err := b.Close(); err != nil {
 		t.Fatalf("Close with a foreign postmaster: %v", err)
 	}

@@ -282,21 +282,37 @@ func (s *Server) foreignPostmaster() int {
 	return 0
 }
 
-// Kill9 sends SIGKILL to the postmaster alone, as a crash would, then waits
-// until its port refuses connections and its orphaned child processes have
-// exited (killing them if they linger), so that Start can run again at once.
-// Killing a server that is not running does nothing.
+// PostmasterPID returns the pid of the postmaster running on the server's data directory:
+// pgtest's own, or one someone else started there (a keeper's pg_ctl after pgtest's own
+// died); 0 when none runs.
+func (s *Server) PostmasterPID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil && !s.proc.exited() {
+		return s.proc.pid
+	}
+	return s.foreignPostmaster()
+}
+
+// Kill9 sends SIGKILL to the postmaster alone (pgtest's own, or one someone else started on
+// the data directory), as a crash would, then waits until its port refuses connections and its
+// orphaned child processes have exited (killing them if they linger), so that Start can run
+// again at once. Killing a server that is not running does nothing.
 func (s *Server) Kill9() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.proc
-	if p == nil || p.exited() {
+	pid, own := 0, s.proc != nil && !s.proc.exited()
+	if own {
+		pid = s.proc.pid
+	} else if pid = s.foreignPostmaster(); pid == 0 {
 		return nil
 	}
-	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("pgtest: SIGKILL to %s (pid %d): %w", s, p.pid, err)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("pgtest: SIGKILL to %s (pid %d): %w", s, pid, err)
 	}
-	<-p.done
+	if own {
+		<-s.proc.done
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
@@ -312,8 +328,15 @@ func (s *Server) Kill9() error {
 	}
 	gctx, gcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer gcancel()
-	if err := s.waitGone(gctx, p.pid); err != nil {
+	if err := s.waitGone(gctx, pid); err != nil {
 		s.killGroupLocked()
+	}
+	if !own {
+		// Not our child: until whoever inherited it (init) reaps it, its pid answers kill(pid, 0)
+		// and a new postmaster takes the leftover postmaster.pid for a live server's.
+		_ = WaitFor(gctx, func(context.Context) (bool, error) {
+			return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH), fmt.Errorf("pid %d not reaped yet", pid)
+		})
 	}
 	return nil
 }
